@@ -1,0 +1,26 @@
+//! Stable Diffusion model code on tch (libtorch).
+//!
+//! # Layout
+//! - [`weights`]: tensor sources (safetensors memory maps, the safe pickle reader, diffusers
+//!   folders), key-name dialects, architecture detection from tensor shapes, and [`weights::Weights`],
+//!   the builder that hands named, shape-checked, cast tensors to module constructors.
+//! - [`nn`]: the small set of layers the models are made of (linear, conv, norms, attention).
+//! - [`clip`]: the CLIP BPE tokenizer and the CLIP text transformer.
+//! - [`unet`]: the SD1.x UNet (port of diffusers `UNet2DConditionModel`, LDM key names).
+//! - [`vae`]: the KL autoencoder (port of diffusers `AutoencoderKL`, LDM key names).
+//! - [`checkpoint`]: opening a checkpoint in any supported layout and building its components.
+//! - [`device`]: device and compute-dtype policy.
+//!
+//! Weights are addressed by their A1111/LDM single-file key names throughout; other layouts are
+//! renamed to those names when opened (see [`weights::names`]).
+
+pub mod checkpoint;
+pub mod clip;
+pub mod device;
+pub mod error;
+pub mod nn;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,304 @@
+//! Where tensors come from and how module constructors receive them.
+//!
+//! A [`TensorSource`] lists and reads the tensors of one model file or folder, in the dtype they
+//! are stored in. [`Weights`] wraps a source (or a seeded random generator, for tiny test models
+//! and benchmarks) with a key prefix, a target device and a compute dtype; module constructors ask
+//! it for a tensor by name and expected shape, and get it shape-checked, cast and placed, one
+//! tensor at a time, so loading never holds a second full copy of a model in host memory.
+
+pub mod detect;
+pub mod diffusers;
+pub mod names;
+pub mod pickle;
+pub mod safetensors_file;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::device::Placement;
+use crate::error::{Error, Result};
+
+/// Name-independent facts about one stored tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub kind: Kind,
+    pub shape: Vec<i64>,
+}
+
+/// A read-only collection of named tensors: one file, or a folder of files.
+pub trait TensorSource {
+    /// The file or folder, for error messages.
+    fn origin(&self) -> &Path;
+    /// Every tensor name, in no particular order.
+    fn names(&self) -> Vec<String>;
+    /// Dtype and shape of `name`, without reading its data.
+    fn info(&self, name: &str) -> Option<TensorInfo>;
+    /// Reads `name` into a new CPU tensor of its stored dtype.
+    fn read(&self, name: &str) -> Result<Tensor>;
+
+    fn contains(&self, name: &str) -> bool {
+        self.info(name).is_some()
+    }
+}
+
+/// A source that presents another under different names: `map` goes from the presented name to
+/// the inner one. Used for legacy key dialects and diffusers folders.
+pub struct Renamed<S> {
+    inner: S,
+    map: HashMap<String, String>,
+}
+
+impl<S: TensorSource> Renamed<S> {
+    pub fn new(inner: S, map: HashMap<String, String>) -> Self {
+        Renamed { inner, map }
+    }
+}
+
+impl<S: TensorSource> TensorSource for Renamed<S> {
+    fn origin(&self) -> &Path {
+        self.inner.origin()
+    }
+    fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.inner.info(self.map.get(name)?)
+    }
+    fn read(&self, name: &str) -> Result<Tensor> {
+        match self.map.get(name) {
+            Some(inner) => self.inner.read(inner),
+            None => Err(Error::MissingTensor {
+                name: name.into(),
+                file: self.origin().into(),
+            }),
+        }
+    }
+}
+
+/// In-memory tensors, for tests and for writing generated models to disk.
+pub struct MemorySource {
+    origin: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl MemorySource {
+    pub fn new(tensors: HashMap<String, Tensor>) -> Self {
+        MemorySource {
+            origin: PathBuf::from("<memory>"),
+            tensors,
+        }
+    }
+    pub fn into_tensors(self) -> HashMap<String, Tensor> {
+        self.tensors
+    }
+}
+
+impl TensorSource for MemorySource {
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.tensors.get(name).map(|t| TensorInfo {
+            kind: t.kind(),
+            shape: t.size(),
+        })
+    }
+    fn read(&self, name: &str) -> Result<Tensor> {
+        self.tensors
+            .get(name)
+            .map(|t| t.shallow_clone())
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.into(),
+                file: self.origin.clone(),
+            })
+    }
+}
+
+/// Deterministic random weights with roughly the statistics of trained ones (unit-gain norms,
+/// fan-in scaled matrices), for full-size benchmarks and tiny test models. Every tensor it makes
+/// is recorded, so the model can be written to disk afterwards.
+pub struct RandomWeights {
+    seed: i64,
+    made: RefCell<HashMap<String, Tensor>>,
+}
+
+impl RandomWeights {
+    pub fn new(seed: i64) -> Rc<Self> {
+        Rc::new(RandomWeights {
+            seed,
+            made: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Every tensor generated so far, by full name (fp32, CPU).
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.made
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect()
+    }
+
+    fn make(&self, name: &str, shape: &[i64]) -> Tensor {
+        if let Some(t) = self.made.borrow().get(name) {
+            return t.shallow_clone();
+        }
+        // One generator per tensor, seeded from the name, so values do not depend on the order
+        // in which modules are built.
+        let mut h: i64 = self.seed;
+        for b in name.bytes() {
+            h = h.wrapping_mul(1_000_003).wrapping_add(b as i64);
+        }
+        tch::manual_seed(h & 0x7fff_ffff_ffff);
+        let opts = (Kind::Float, Device::Cpu);
+        let t = if shape.len() == 1 {
+            let noise = Tensor::randn(shape, opts) * 0.1;
+            if name.ends_with("weight") {
+                noise + 1.0
+            } else {
+                noise
+            }
+        } else {
+            let fan_in: i64 = shape[1..].iter().product();
+            Tensor::randn(shape, opts) / (fan_in as f64).sqrt()
+        };
+        self.made
+            .borrow_mut()
+            .insert(name.to_string(), t.shallow_clone());
+        t
+    }
+}
+
+#[derive(Clone)]
+enum Backend<'a> {
+    Source(&'a dyn TensorSource),
+    Random(Rc<RandomWeights>),
+}
+
+/// Hands tensors to module constructors: `w.pp("encoder").get(&[768, 768], "weight")`.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    backend: Backend<'a>,
+    prefix: String,
+    placement: Placement,
+}
+
+impl<'a> Weights<'a> {
+    pub fn from_source(source: &'a dyn TensorSource, placement: Placement) -> Self {
+        Weights {
+            backend: Backend::Source(source),
+            prefix: String::new(),
+            placement,
+        }
+    }
+
+    pub fn random(random: Rc<RandomWeights>, placement: Placement) -> Weights<'static> {
+        Weights {
+            backend: Backend::Random(random),
+            prefix: String::new(),
+            placement,
+        }
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// The same weights under `prefix.name`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Weights {
+            backend: self.backend.clone(),
+            prefix,
+            placement: self.placement,
+        }
+    }
+
+    pub fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Whether the tensor exists (always true for random weights).
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.backend {
+            Backend::Source(s) => s.contains(&self.full_name(name)),
+            Backend::Random(_) => true,
+        }
+    }
+
+    /// The tensor `name` with exactly `shape`, cast to the compute dtype and placed on the device.
+    pub fn get(&self, shape: &[i64], name: &str) -> Result<Tensor> {
+        self.get_as(shape, name, false)
+    }
+
+    /// Like [`get`](Self::get), but also accepts a stored tensor whose shape differs only by
+    /// trailing or inserted unit dimensions (1×1 convolutions stored for linears and back).
+    pub fn get_reshaped(&self, shape: &[i64], name: &str) -> Result<Tensor> {
+        self.get_as(shape, name, true)
+    }
+
+    fn get_as(&self, shape: &[i64], name: &str, squeeze_ok: bool) -> Result<Tensor> {
+        let full = self.full_name(name);
+        let t = match &self.backend {
+            Backend::Random(r) => r.make(&full, shape),
+            Backend::Source(s) => {
+                let file = s.origin().to_path_buf();
+                let info = s.info(&full).ok_or_else(|| Error::MissingTensor {
+                    name: full.clone(),
+                    file: file.clone(),
+                })?;
+                let same = info.shape == shape;
+                let squeezable = squeeze_ok && squeeze(&info.shape) == squeeze(shape);
+                if !same && !squeezable {
+                    return Err(Error::ShapeMismatch {
+                        name: full,
+                        file,
+                        expected: shape.to_vec(),
+                        got: info.shape,
+                    });
+                }
+                if !is_float(info.kind) {
+                    return Err(Error::UnsupportedDtype {
+                        name: full,
+                        file,
+                        dtype: format!("{:?}", info.kind),
+                    });
+                }
+                let t = s.read(&full)?;
+                if same {
+                    t
+                } else {
+                    t.reshape(shape)
+                }
+            }
+        };
+        let Placement { device, kind } = self.placement;
+        Ok(t.to_device(device).to_kind(kind).detach())
+    }
+}
+
+fn squeeze(shape: &[i64]) -> Vec<i64> {
+    shape.iter().copied().filter(|&d| d != 1).collect()
+}
+
+pub(crate) fn is_float(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+    )
+}
