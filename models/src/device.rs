@@ -11,10 +11,7 @@ pub struct Placement {
 
 impl Placement {
     pub fn cpu() -> Self {
-        Placement {
-            device: Device::Cpu,
-            kind: Kind::Float,
-        }
+        Placement { device: Device::Cpu, kind: Kind::Float }
     }
 
     /// The default compute type for a device: fp32 on CPU, fp16 on CUDA (bf16 when `prefer_bf16`).
@@ -31,16 +28,9 @@ impl Placement {
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Option<Device> {
     match s {
-        "auto" => Some(if tch::Cuda::is_available() {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }),
+        "auto" => Some(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
         "cpu" => Some(Device::Cpu),
         "cuda" => Some(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda),
+        _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda),
     }
 }

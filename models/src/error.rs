@@ -9,19 +9,10 @@ pub enum Error {
     MissingTensor { name: String, file: PathBuf },
 
     #[error("{file}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
-    ShapeMismatch {
-        name: String,
-        file: PathBuf,
-        expected: Vec<i64>,
-        got: Vec<i64>,
-    },
+    ShapeMismatch { name: String, file: PathBuf, expected: Vec<i64>, got: Vec<i64> },
 
     #[error("{file}: tensor `{name}` has unsupported dtype {dtype}")]
-    UnsupportedDtype {
-        name: String,
-        file: PathBuf,
-        dtype: String,
-    },
+    UnsupportedDtype { name: String, file: PathBuf, dtype: String },
 
     #[error("{file}: not a model file diffusiond can read: {reason}")]
     UnknownFormat { file: PathBuf, reason: String },
@@ -36,10 +27,7 @@ pub enum Error {
     Pickle { file: PathBuf, reason: String },
 
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -50,10 +38,7 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }
 

@@ -17,11 +17,7 @@ impl Linear {
     pub fn new(w: &Weights, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
         Ok(Linear {
             weight: w.get_reshaped(&[out_dim, in_dim], "weight")?,
-            bias: if bias {
-                Some(w.get(&[out_dim], "bias")?)
-            } else {
-                None
-            },
+            bias: if bias { Some(w.get(&[out_dim], "bias")?) } else { None },
         })
     }
 
@@ -40,37 +36,14 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(
-        w: &Weights,
-        in_ch: i64,
-        out_ch: i64,
-        kernel: i64,
-        stride: i64,
-        padding: i64,
-    ) -> Result<Self> {
+    pub fn new(w: &Weights, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Self> {
         let shape = [out_ch, in_ch, kernel, kernel];
-        let weight = if kernel == 1 {
-            w.get_reshaped(&shape, "weight")?
-        } else {
-            w.get(&shape, "weight")?
-        };
-        Ok(Conv2d {
-            weight,
-            bias: Some(w.get(&[out_ch], "bias")?),
-            stride,
-            padding,
-        })
+        let weight = if kernel == 1 { w.get_reshaped(&shape, "weight")? } else { w.get(&shape, "weight")? };
+        Ok(Conv2d { weight, bias: Some(w.get(&[out_ch], "bias")?), stride, padding })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(
-            &self.weight,
-            self.bias.as_ref(),
-            [self.stride],
-            [self.padding],
-            [1],
-            1,
-        )
+        x.conv2d(&self.weight, self.bias.as_ref(), [self.stride], [self.padding], [1], 1)
     }
 }
 
@@ -94,13 +67,7 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.group_norm(
-            self.groups,
-            Some(&self.weight),
-            Some(&self.bias),
-            self.eps,
-            true,
-        )
+        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
 
@@ -115,31 +82,18 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(w: &Weights, dim: i64, eps: f64) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: w.get(&[dim], "weight")?,
-            bias: w.get(&[dim], "bias")?,
-            dim,
-            eps,
-        })
+        Ok(LayerNorm { weight: w.get(&[dim], "weight")?, bias: w.get(&[dim], "bias")?, dim, eps })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm(
-            [self.dim],
-            Some(&self.weight),
-            Some(&self.bias),
-            self.eps,
-            true,
-        )
+        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
 
 /// Multi-head attention on already projected `q` `[B, Lq, H·D]`, `k`/`v` `[B, Lk, H·D]`, through
 /// libtorch's `scaled_dot_product_attention` (scale `1/√D`). Returns `[B, Lq, H·D]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -> Tensor {
-    let (b, lq, c) = q
-        .size3()
-        .expect("attention query must be [B, L, C]; this is a bug");
+    let (b, lq, c) = q.size3().expect("attention query must be [B, L, C]; this is a bug");
     let lk = k.size()[1];
     let d = c / heads;
     let split = |t: &Tensor, l: i64| t.reshape([b, l, heads, d]).transpose(1, 2);

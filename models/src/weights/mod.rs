@@ -71,10 +71,7 @@ impl<S: TensorSource> TensorSource for Renamed<S> {
     fn read(&self, name: &str) -> Result<Tensor> {
         match self.map.get(name) {
             Some(inner) => self.inner.read(inner),
-            None => Err(Error::MissingTensor {
-                name: name.into(),
-                file: self.origin().into(),
-            }),
+            None => Err(Error::MissingTensor { name: name.into(), file: self.origin().into() }),
         }
     }
 }
@@ -87,10 +84,7 @@ pub struct MemorySource {
 
 impl MemorySource {
     pub fn new(tensors: HashMap<String, Tensor>) -> Self {
-        MemorySource {
-            origin: PathBuf::from("<memory>"),
-            tensors,
-        }
+        MemorySource { origin: PathBuf::from("<memory>"), tensors }
     }
     pub fn into_tensors(self) -> HashMap<String, Tensor> {
         self.tensors
@@ -105,19 +99,13 @@ impl TensorSource for MemorySource {
         self.tensors.keys().cloned().collect()
     }
     fn info(&self, name: &str) -> Option<TensorInfo> {
-        self.tensors.get(name).map(|t| TensorInfo {
-            kind: t.kind(),
-            shape: t.size(),
-        })
+        self.tensors.get(name).map(|t| TensorInfo { kind: t.kind(), shape: t.size() })
     }
     fn read(&self, name: &str) -> Result<Tensor> {
         self.tensors
             .get(name)
             .map(|t| t.shallow_clone())
-            .ok_or_else(|| Error::MissingTensor {
-                name: name.into(),
-                file: self.origin.clone(),
-            })
+            .ok_or_else(|| Error::MissingTensor { name: name.into(), file: self.origin.clone() })
     }
 }
 
@@ -131,19 +119,12 @@ pub struct RandomWeights {
 
 impl RandomWeights {
     pub fn new(seed: i64) -> Rc<Self> {
-        Rc::new(RandomWeights {
-            seed,
-            made: RefCell::new(HashMap::new()),
-        })
+        Rc::new(RandomWeights { seed, made: RefCell::new(HashMap::new()) })
     }
 
     /// Every tensor generated so far, by full name (fp32, CPU).
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.made
-            .borrow()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shallow_clone()))
-            .collect()
+        self.made.borrow().iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect()
     }
 
     fn make(&self, name: &str, shape: &[i64]) -> Tensor {
@@ -169,9 +150,7 @@ impl RandomWeights {
             let fan_in: i64 = shape[1..].iter().product();
             Tensor::randn(shape, opts) / (fan_in as f64).sqrt()
         };
-        self.made
-            .borrow_mut()
-            .insert(name.to_string(), t.shallow_clone());
+        self.made.borrow_mut().insert(name.to_string(), t.shallow_clone());
         t
     }
 }
@@ -192,19 +171,11 @@ pub struct Weights<'a> {
 
 impl<'a> Weights<'a> {
     pub fn from_source(source: &'a dyn TensorSource, placement: Placement) -> Self {
-        Weights {
-            backend: Backend::Source(source),
-            prefix: String::new(),
-            placement,
-        }
+        Weights { backend: Backend::Source(source), prefix: String::new(), placement }
     }
 
     pub fn random(random: Rc<RandomWeights>, placement: Placement) -> Weights<'static> {
-        Weights {
-            backend: Backend::Random(random),
-            prefix: String::new(),
-            placement,
-        }
+        Weights { backend: Backend::Random(random), prefix: String::new(), placement }
     }
 
     pub fn placement(&self) -> Placement {
@@ -213,16 +184,9 @@ impl<'a> Weights<'a> {
 
     /// The same weights under `prefix.name`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
-        Weights {
-            backend: self.backend.clone(),
-            prefix,
-            placement: self.placement,
-        }
+        let prefix =
+            if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Weights { backend: self.backend.clone(), prefix, placement: self.placement }
     }
 
     pub fn full_name(&self, name: &str) -> String {
@@ -258,10 +222,9 @@ impl<'a> Weights<'a> {
             Backend::Random(r) => r.make(&full, shape),
             Backend::Source(s) => {
                 let file = s.origin().to_path_buf();
-                let info = s.info(&full).ok_or_else(|| Error::MissingTensor {
-                    name: full.clone(),
-                    file: file.clone(),
-                })?;
+                let info = s
+                    .info(&full)
+                    .ok_or_else(|| Error::MissingTensor { name: full.clone(), file: file.clone() })?;
                 let same = info.shape == shape;
                 let squeezable = squeeze_ok && squeeze(&info.shape) == squeeze(shape);
                 if !same && !squeezable {
@@ -297,8 +260,5 @@ fn squeeze(shape: &[i64]) -> Vec<i64> {
 }
 
 pub(crate) fn is_float(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
-    )
+    matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double)
 }

@@ -30,9 +30,7 @@ pub struct SafetensorsFile {
 
 /// Whether `bytes` (the start of a file) look like a safetensors header.
 pub fn sniff(bytes: &[u8]) -> bool {
-    bytes.len() > 8
-        && bytes[8] == b'{'
-        && u64::from_le_bytes(bytes[..8].try_into().unwrap()) <= MAX_HEADER
+    bytes.len() > 8 && bytes[8] == b'{' && u64::from_le_bytes(bytes[..8].try_into().unwrap()) <= MAX_HEADER
 }
 
 pub(crate) fn kind_of(dtype: Dtype) -> Option<Kind> {
@@ -59,15 +57,12 @@ impl SafetensorsFile {
         // them (the catalog writes new files under temporary names and renames them in).
         #[allow(unsafe_code)]
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let bad = |reason: String| Error::UnknownFormat {
-            file: path.clone(),
-            reason,
-        };
+        let bad = |reason: String| Error::UnknownFormat { file: path.clone(), reason };
         if !sniff(&mmap) {
             return Err(bad("no safetensors header".into()));
         }
-        let (header_len, meta) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| bad(format!("bad safetensors header: {e}")))?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| bad(format!("bad safetensors header: {e}")))?;
         let data_start = 8 + header_len;
         let mut entries = HashMap::new();
         for (name, ti) in meta.tensors() {
@@ -77,26 +72,11 @@ impl SafetensorsFile {
                 // Unusual dtypes are listed but refused when read (see `read`).
                 None => Kind::ComplexHalf,
             };
-            let (start, end) = (
-                data_start + ti.data_offsets.0,
-                data_start + ti.data_offsets.1,
-            );
-            entries.insert(
-                name,
-                Entry {
-                    info: TensorInfo { kind, shape },
-                    start,
-                    end,
-                },
-            );
+            let (start, end) = (data_start + ti.data_offsets.0, data_start + ti.data_offsets.1);
+            entries.insert(name, Entry { info: TensorInfo { kind, shape }, start, end });
         }
         let metadata = meta.metadata().clone().unwrap_or_default();
-        Ok(SafetensorsFile {
-            path,
-            mmap,
-            entries,
-            metadata,
-        })
+        Ok(SafetensorsFile { path, mmap, entries, metadata })
     }
 
     /// The `__metadata__` string map.
@@ -106,12 +86,7 @@ impl SafetensorsFile {
 
     /// Offset of the first tensor byte (after the header): the start of the AutoV3 hash range.
     pub fn data_bytes(&self) -> &[u8] {
-        let start = self
-            .entries
-            .values()
-            .map(|e| e.start)
-            .min()
-            .unwrap_or(self.mmap.len());
+        let start = self.entries.values().map(|e| e.start).min().unwrap_or(self.mmap.len());
         &self.mmap[start..]
     }
 }
@@ -127,10 +102,10 @@ impl TensorSource for SafetensorsFile {
         self.entries.get(name).map(|e| e.info.clone())
     }
     fn read(&self, name: &str) -> Result<Tensor> {
-        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.into(),
-            file: self.path.clone(),
-        })?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.into(), file: self.path.clone() })?;
         if e.info.kind == Kind::ComplexHalf {
             return Err(Error::UnsupportedDtype {
                 name: name.into(),
@@ -138,11 +113,7 @@ impl TensorSource for SafetensorsFile {
                 dtype: "(not F64/F32/F16/BF16/integer)".into(),
             });
         }
-        Ok(Tensor::f_from_data_size(
-            &self.mmap[e.start..e.end],
-            &e.info.shape,
-            e.info.kind,
-        )?)
+        Ok(Tensor::f_from_data_size(&self.mmap[e.start..e.end], &e.info.shape, e.info.kind)?)
     }
 }
 
@@ -182,16 +153,11 @@ pub fn write_atomic(
     let views: Vec<(String, safetensors::tensor::TensorView)> = owned
         .iter()
         .map(|(n, b, d, s)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("valid view"),
-            )
+            (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("valid view"))
         })
         .collect();
-    let bytes = safetensors::serialize(views, &metadata).map_err(|e| Error::UnknownFormat {
-        file: path.into(),
-        reason: e.to_string(),
-    })?;
+    let bytes = safetensors::serialize(views, &metadata)
+        .map_err(|e| Error::UnknownFormat { file: path.into(), reason: e.to_string() })?;
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(())
