@@ -1,1 +1,98 @@
-//! (in progress)
+//! Opening a Stable Diffusion checkpoint in any supported layout and building its components.
+//!
+//! Layouts: A1111 single files (`.safetensors`, or a legacy `.ckpt`/`.pt` through the safe pickle
+//! reader) and diffusers folders. All are presented under A1111 names ([`crate::weights::names`]),
+//! the family and every architecture setting are read from tensor shapes, and tensors are copied
+//! to the device one at a time.
+
+use std::path::Path;
+
+use crate::clip::{ClipConfig, ClipTextModel};
+use crate::device::Placement;
+use crate::error::{Error, Result};
+use crate::unet::{Unet, UnetConfig};
+use crate::vae::{Vae, VaeConfig};
+use crate::weights::detect::{detect_family, ModelFamily};
+use crate::weights::diffusers::{is_diffusers_folder, DiffusersFolder};
+use crate::weights::{names, open_file, Renamed, TensorSource, Weights};
+
+/// Opens `path` (a file or a diffusers folder) as a tensor source with A1111 names.
+pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
+    if path.is_dir() {
+        if is_diffusers_folder(path) {
+            return Ok(Box::new(DiffusersFolder::open(path)?));
+        }
+        return Err(Error::UnknownCheckpoint { file: path.into(), reason: "a folder, but not a diffusers pipeline".into() });
+    }
+    let file = open_file(path)?;
+    let map = names::single_file_map(&file.names());
+    Ok(Box::new(Renamed::new(file, map)))
+}
+
+/// What a checkpoint holds, read from its tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointConfig {
+    pub family: ModelFamily,
+    pub unet: UnetConfig,
+    pub vae: VaeConfig,
+    pub clip: ClipConfig,
+}
+
+impl CheckpointConfig {
+    /// The real SD1.5 architecture (for random-weight benchmarks).
+    pub fn v1_5() -> Self {
+        CheckpointConfig {
+            family: ModelFamily::Sd1,
+            unet: UnetConfig::v1_5(),
+            vae: VaeConfig::sd(),
+            clip: ClipConfig::vit_l14(),
+        }
+    }
+
+    pub fn detect(src: &dyn TensorSource) -> Result<Self> {
+        let family = detect_family(src)?;
+        if !family.is_supported() {
+            return Err(Error::UnknownCheckpoint {
+                file: src.origin().into(),
+                reason: format!("{} checkpoints are not supported yet", family.name()),
+            });
+        }
+        Ok(CheckpointConfig {
+            family,
+            unet: UnetConfig::detect(src, names::UNET)?,
+            vae: VaeConfig::detect(src, names::VAE)?,
+            clip: ClipConfig::detect(src, names::CLIP)?,
+        })
+    }
+}
+
+/// A loaded SD1.x model: text encoder, UNet and VAE on one device.
+pub struct StableDiffusion {
+    pub config: CheckpointConfig,
+    pub clip: ClipTextModel,
+    pub unet: Unet,
+    pub vae: Vae,
+    pub placement: Placement,
+}
+
+impl StableDiffusion {
+    /// Opens, detects and loads the checkpoint at `path`.
+    pub fn load(path: &Path, placement: Placement) -> Result<Self> {
+        let src = open(path)?;
+        let config = CheckpointConfig::detect(src.as_ref())?;
+        Self::build(&Weights::from_source(src.as_ref(), placement), config)
+    }
+
+    /// Builds the components from `weights` (a file's, or random ones) for a known `config`.
+    pub fn build(weights: &Weights, config: CheckpointConfig) -> Result<Self> {
+        let _guard = tch::no_grad_guard();
+        let strip = |p: &str| p.trim_end_matches('.').to_string();
+        Ok(StableDiffusion {
+            clip: ClipTextModel::new(&weights.pp(strip(names::CLIP)), &config.clip)?,
+            unet: Unet::new(&weights.pp(strip(names::UNET)), &config.unet)?,
+            vae: Vae::new(&weights.pp(strip(names::VAE)), &config.vae)?,
+            placement: weights.placement(),
+            config,
+        })
+    }
+}

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::device::Placement;
 use crate::error::{Error, Result};
@@ -76,6 +76,21 @@ impl<S: TensorSource> TensorSource for Renamed<S> {
     }
 }
 
+impl TensorSource for Box<dyn TensorSource> {
+    fn origin(&self) -> &Path {
+        self.as_ref().origin()
+    }
+    fn names(&self) -> Vec<String> {
+        self.as_ref().names()
+    }
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.as_ref().info(name)
+    }
+    fn read(&self, name: &str) -> Result<Tensor> {
+        self.as_ref().read(name)
+    }
+}
+
 /// In-memory tensors, for tests and for writing generated models to disk.
 pub struct MemorySource {
     origin: PathBuf,
@@ -131,16 +146,24 @@ impl RandomWeights {
         if let Some(t) = self.made.borrow().get(name) {
             return t.shallow_clone();
         }
-        // One generator per tensor, seeded from the name, so values do not depend on the order
-        // in which modules are built.
-        let mut h: i64 = self.seed;
+        // One generator per tensor, seeded from the seed and the name, so values depend neither
+        // on the order in which modules are built nor on libtorch's global generator (which
+        // other threads may be drawing from).
+        let mut state = self.seed as u64 ^ 0x9e37_79b9_7f4a_7c15;
         for b in name.bytes() {
-            h = h.wrapping_mul(1_000_003).wrapping_add(b as i64);
+            state = (state ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
-        tch::manual_seed(h & 0x7fff_ffff_ffff);
-        let opts = (Kind::Float, Device::Cpu);
-        let t = if shape.len() == 1 {
-            let noise = Tensor::randn(shape, opts) * 0.1;
+        let numel: i64 = shape.iter().product();
+        // Uniform on [-√3, √3): zero mean, unit variance.
+        let values: Vec<f32> = (0..numel)
+            .map(|_| {
+                let bits = splitmix64(&mut state) >> 40; // 24 random bits
+                (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 3f32.sqrt()
+            })
+            .collect();
+        let unit = Tensor::from_slice(&values).reshape(shape);
+        let t = if shape.len() <= 1 {
+            let noise = unit * 0.1;
             if name.ends_with("weight") {
                 noise + 1.0
             } else {
@@ -148,11 +171,19 @@ impl RandomWeights {
             }
         } else {
             let fan_in: i64 = shape[1..].iter().product();
-            Tensor::randn(shape, opts) / (fan_in as f64).sqrt()
+            unit / (fan_in as f64).sqrt()
         };
         self.made.borrow_mut().insert(name.to_string(), t.shallow_clone());
         t
     }
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[derive(Clone)]
@@ -261,4 +292,25 @@ fn squeeze(shape: &[i64]) -> Vec<i64> {
 
 pub(crate) fn is_float(kind: Kind) -> bool {
     matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double)
+}
+
+/// Opens one weights file, classified by its content, never by its extension (formats.md §1.2):
+/// safetensors (memory-mapped) or a PyTorch pickle (read by the safe evaluator; nothing in it runs).
+pub fn open_file(path: &Path) -> Result<Box<dyn TensorSource>> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    let head = &head[..n];
+    if safetensors_file::sniff(head) {
+        return Ok(Box::new(safetensors_file::SafetensorsFile::open(path)?));
+    }
+    if pickle::sniff(head) {
+        return Ok(Box::new(pickle::PickleFile::open(path)?));
+    }
+    Err(Error::UnknownFormat {
+        file: path.into(),
+        reason: "neither safetensors nor a PyTorch checkpoint (zip or legacy pickle)".into(),
+    })
 }
