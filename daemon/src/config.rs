@@ -45,9 +45,17 @@ impl Config {
 
     /// The A1111 data-folder layout, created at start.
     pub fn layout(&self) -> Vec<PathBuf> {
-        ["models/Stable-diffusion", "models/Lora", "models/VAE", "models/ESRGAN", "embeddings", "wildcards", "outputs"]
-            .iter()
-            .map(|d| self.data_dir.join(d))
-            .collect()
+        [
+            "models/Stable-diffusion",
+            "models/Lora",
+            "models/VAE",
+            "models/ESRGAN",
+            "embeddings",
+            "wildcards",
+            "outputs",
+        ]
+        .iter()
+        .map(|d| self.data_dir.join(d))
+        .collect()
     }
 }

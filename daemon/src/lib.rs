@@ -57,10 +57,12 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let state = Arc::new(AppState { config, checkpoints, engine: engine.clone() });
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let data = actix_web::web::Data::from(state);
-    actix_web::HttpServer::new(move || actix_web::App::new().app_data(data.clone()).configure(routes::configure))
-        .listen(listener)?
-        .run()
-        .await?;
+    actix_web::HttpServer::new(move || {
+        actix_web::App::new().app_data(data.clone()).configure(routes::configure)
+    })
+    .listen(listener)?
+    .run()
+    .await?;
     engine.shutdown();
     let _ = join.join();
     Ok(())

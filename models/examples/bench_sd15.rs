@@ -39,7 +39,8 @@ fn time(iters: usize, device: Device, mut f: impl FnMut()) -> f64 {
 fn main() -> models::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let device = parse_device(&arg("--device").unwrap_or_else(|| "cpu".into())).expect("--device cpu|cuda[:N]");
+    let device =
+        parse_device(&arg("--device").unwrap_or_else(|| "cpu".into())).expect("--device cpu|cuda[:N]");
     let iters: usize = arg("--iters").and_then(|s| s.parse().ok()).unwrap_or(3);
     let placement = Placement::for_device(device, false);
     let _guard = tch::no_grad_guard();

@@ -22,11 +22,26 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
         if is_diffusers_folder(path) {
             return Ok(Box::new(DiffusersFolder::open(path)?));
         }
-        return Err(Error::UnknownCheckpoint { file: path.into(), reason: "a folder, but not a diffusers pipeline".into() });
+        return Err(Error::UnknownCheckpoint {
+            file: path.into(),
+            reason: "a folder, but not a diffusers pipeline".into(),
+        });
     }
     let file = open_file(path)?;
     let map = names::single_file_map(&file.names());
     Ok(Box::new(Renamed::new(file, map)))
+}
+
+/// Loads a standalone VAE file (`models/VAE/*.safetensors`, `.pt`, `.ckpt`) in any of the layouts
+/// of formats.md §6: LDM names with or without `first_stage_model.`/`vae.`, or diffusers names.
+/// The latent scale is not a property of the file: it comes from the checkpoint it decodes for.
+pub fn load_vae(path: &Path, placement: Placement) -> Result<Vae> {
+    let file = open_file(path)?;
+    let map = names::vae_file_map(&file.names());
+    let src = Renamed::new(file, map);
+    let config = VaeConfig::detect(&src, "")?;
+    let _guard = tch::no_grad_guard();
+    Vae::new(&Weights::from_source(&src, placement), &config)
 }
 
 /// What a checkpoint holds, read from its tensors.

@@ -53,7 +53,8 @@ impl TestDaemon {
         argv.push(&dir);
         argv.extend_from_slice(args);
         let config = daemon::config::Config::try_parse_from(argv)?;
-        let server = std::thread::spawn(move || actix_web::rt::System::new().block_on(daemon::run(config, listener)));
+        let server =
+            std::thread::spawn(move || actix_web::rt::System::new().block_on(daemon::run(config, listener)));
         let daemon = TestDaemon { base, data_dir, server: Some(server) };
         for _ in 0..600 {
             if ureq::get(&format!("{}/internal/ping", daemon.base)).call().is_ok() {

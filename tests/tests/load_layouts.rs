@@ -18,7 +18,8 @@ fn model_tensors(src: &dyn TensorSource) -> HashMap<String, Tensor> {
     src.names()
         .into_iter()
         .filter(|n| {
-            [names::UNET, names::VAE, names::CLIP].iter().any(|p| n.starts_with(p)) && !n.ends_with("position_ids")
+            [names::UNET, names::VAE, names::CLIP].iter().any(|p| n.starts_with(p))
+                && !n.ends_with("position_ids")
         })
         .map(|n| {
             let t = src.read(&n).unwrap().to_kind(Kind::Float);
@@ -51,7 +52,10 @@ fn layouts_single_file_ckpt_and_diffusers_give_identical_tensors() {
     assert_same(&reference, &model_tensors(ckpt.as_ref()), ".ckpt");
     assert_same(&reference, &model_tensors(folder.as_ref()), "diffusers folder");
     for src in [&single, &ckpt, &folder] {
-        assert_eq!(CheckpointConfig::detect(src.as_ref()).unwrap(), CheckpointConfig::detect(single.as_ref()).unwrap());
+        assert_eq!(
+            CheckpointConfig::detect(src.as_ref()).unwrap(),
+            CheckpointConfig::detect(single.as_ref()).unwrap()
+        );
     }
 }
 
@@ -70,8 +74,13 @@ fn detect_tiny_checkpoint_reads_architecture_from_shapes() {
 }
 
 /// Rewrites the tiny single file with every float tensor cast to `kind`, plus `extra` tensors.
-fn resave(kind: Kind, dir: &std::path::Path, edit: impl Fn(&mut Vec<(String, Tensor)>)) -> std::path::PathBuf {
-    let src = models::weights::safetensors_file::SafetensorsFile::open(fixture("tiny/tiny-sd15.safetensors")).unwrap();
+fn resave(
+    kind: Kind,
+    dir: &std::path::Path,
+    edit: impl Fn(&mut Vec<(String, Tensor)>),
+) -> std::path::PathBuf {
+    let src = models::weights::safetensors_file::SafetensorsFile::open(fixture("tiny/tiny-sd15.safetensors"))
+        .unwrap();
     let mut tensors: Vec<(String, Tensor)> = src
         .names()
         .into_iter()
@@ -147,4 +156,38 @@ fn open_rejects_non_model_file() {
     std::fs::write(&path, b"this is not a model").unwrap();
     let err = checkpoint::open(&path).err().expect("must fail");
     assert!(matches!(err, Error::UnknownFormat { .. }), "{err}");
+}
+
+#[test]
+fn standalone_vae_files_in_ldm_and_diffusers_layouts_decode_like_reference() {
+    use models::checkpoint::load_vae;
+    let g = tests::golden("vae.safetensors");
+    let _guard = tch::no_grad_guard();
+    // diffusers layout (as sdxl-vae-fp16-fix and friends ship).
+    let diffusers = load_vae(
+        &fixture("tiny/tiny-sd15-diffusers/vae/diffusion_pytorch_model.safetensors"),
+        Placement::cpu(),
+    )
+    .unwrap();
+    let err = tests::max_rel_err(&diffusers.decode(&g["latent"]), &g["decoded"]);
+    assert!(err <= 1e-5, "diffusers-layout VAE: {err}");
+    // LDM layout without prefix (as vae-ft-mse-840000-ema-pruned ships), with training leftovers.
+    let dir = tempfile::tempdir().unwrap();
+    let single =
+        models::weights::safetensors_file::SafetensorsFile::open(fixture("tiny/tiny-sd15.safetensors"))
+            .unwrap();
+    let mut tensors: Vec<(String, Tensor)> = single
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(names::VAE).map(|s| (s.to_string(), single.read(&n).unwrap())))
+        .collect();
+    tensors.push(("model_ema.decay".into(), Tensor::from(0.9999f32)));
+    tensors.push(("loss.logvar".into(), Tensor::from(0.0f32)));
+    let path = dir.path().join("standalone.vae.safetensors");
+    write_atomic(&path, &tensors, None).unwrap();
+    let ldm = load_vae(&path, Placement::cpu()).unwrap();
+    let err = tests::max_rel_err(&ldm.decode(&g["latent"]), &g["decoded"]);
+    assert!(err <= 1e-5, "LDM-layout VAE: {err}");
+    let (mean, _) = ldm.encode(&g["image"]);
+    assert!(tests::max_rel_err(&mean, &g["mean"]) <= 1e-5);
 }

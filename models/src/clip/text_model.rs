@@ -25,7 +25,14 @@ pub struct ClipConfig {
 impl ClipConfig {
     /// OpenAI CLIP ViT-L/14, the SD1.x text encoder.
     pub fn vit_l14() -> Self {
-        ClipConfig { vocab_size: 49408, hidden: 768, intermediate: 3072, layers: 12, heads: 12, max_positions: 77 }
+        ClipConfig {
+            vocab_size: 49408,
+            hidden: 768,
+            intermediate: 3072,
+            layers: 12,
+            heads: 12,
+            max_positions: 77,
+        }
     }
 
     /// Infers the configuration from the tensors under `prefix` (ending in `text_model.`).
@@ -91,7 +98,13 @@ impl EncoderLayer {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.layer_norm1.forward(x);
-        let a = attention(&self.q_proj.forward(&h), &self.k_proj.forward(&h), &self.v_proj.forward(&h), self.heads, true);
+        let a = attention(
+            &self.q_proj.forward(&h),
+            &self.k_proj.forward(&h),
+            &self.v_proj.forward(&h),
+            self.heads,
+            true,
+        );
         let x = x + self.out_proj.forward(&a);
         let h = self.fc1.forward(&self.layer_norm2.forward(&x));
         // quick_gelu: x·σ(1.702x)
@@ -118,8 +131,9 @@ impl ClipTextModel {
     pub fn new(w: &Weights, config: &ClipConfig) -> Result<Self> {
         let c = config;
         let emb = w.pp("embeddings");
-        let layers =
-            (0..c.layers).map(|i| EncoderLayer::new(&w.pp(format!("encoder.layers.{i}")), c)).collect::<Result<_>>()?;
+        let layers = (0..c.layers)
+            .map(|i| EncoderLayer::new(&w.pp(format!("encoder.layers.{i}")), c))
+            .collect::<Result<_>>()?;
         Ok(ClipTextModel {
             token_embedding: emb.get(&[c.vocab_size, c.hidden], "token_embedding.weight")?,
             position_embedding: emb.get(&[c.max_positions, c.hidden], "position_embedding.weight")?,

@@ -49,10 +49,11 @@ pub fn detect_family(src: &dyn TensorSource) -> Result<ModelFamily> {
     if shape("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight").is_some() {
         return Ok(ModelFamily::Sd2);
     }
-    let conv_in = shape(&format!("{UNET}input_blocks.0.0.weight")).ok_or_else(|| Error::UnknownCheckpoint {
-        file: src.origin().into(),
-        reason: format!("not a Stable Diffusion checkpoint: no `{UNET}input_blocks.0.0.weight`"),
-    })?;
+    let conv_in =
+        shape(&format!("{UNET}input_blocks.0.0.weight")).ok_or_else(|| Error::UnknownCheckpoint {
+            file: src.origin().into(),
+            reason: format!("not a Stable Diffusion checkpoint: no `{UNET}input_blocks.0.0.weight`"),
+        })?;
     // SD2 files without the OpenCLIP keys still show their 1024-wide context in the UNet.
     let context = src
         .names()

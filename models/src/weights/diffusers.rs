@@ -42,7 +42,9 @@ impl DiffusersFolder {
         let clip: Mapper = |names| {
             names
                 .iter()
-                .map(|n| (format!("{}{}", names::CLIP, n.strip_prefix("text_model.").unwrap_or(n)), n.clone()))
+                .map(|n| {
+                    (format!("{}{}", names::CLIP, n.strip_prefix("text_model.").unwrap_or(n)), n.clone())
+                })
                 .collect()
         };
         let components: [(&str, &str, &str, Mapper); 3] = [

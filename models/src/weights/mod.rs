@@ -298,10 +298,8 @@ pub(crate) fn is_float(kind: Kind) -> bool {
 /// safetensors (memory-mapped) or a PyTorch pickle (read by the safe evaluator; nothing in it runs).
 pub fn open_file(path: &Path) -> Result<Box<dyn TensorSource>> {
     use std::io::Read;
-    let mut head = [0u8; 16];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| Error::io(path, e))?;
+    let mut head = [0u8; 64];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::io(path, e))?;
     let head = &head[..n];
     if safetensors_file::sniff(head) {
         return Ok(Box::new(safetensors_file::SafetensorsFile::open(path)?));

@@ -31,10 +31,7 @@ pub fn single_file_map(names: &[String]) -> HashMap<String, String> {
 
 /// The distinct values of the numeric path component right after `prefix` (`down_blocks.` → {0,1,2}).
 fn indices(names: &[String], prefix: &str) -> BTreeSet<usize> {
-    names
-        .iter()
-        .filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse().ok())
-        .collect()
+    names.iter().filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse().ok()).collect()
 }
 
 /// The index after `prefix` and the rest of the name: `("down_blocks.", "down_blocks.2.x.y")` → `(2, "x.y")`.
@@ -68,7 +65,9 @@ pub fn unet_diffusers_to_ldm(names: &[String]) -> HashMap<String, String> {
     let r = indices(names, "down_blocks.0.resnets.").last().map_or(0, |j| j + 1);
     let up_levels_with_attention: BTreeSet<usize> = names
         .iter()
-        .filter_map(|n| split_index(n, "up_blocks.").filter(|(_, t)| t.starts_with("attentions.")).map(|(l, _)| l))
+        .filter_map(|n| {
+            split_index(n, "up_blocks.").filter(|(_, t)| t.starts_with("attentions.")).map(|(l, _)| l)
+        })
         .collect();
     let mut map = HashMap::new();
     for name in names {
@@ -148,9 +147,16 @@ pub fn vae_diffusers_to_ldm(names: &[String]) -> HashMap<String, String> {
     let up_levels = indices(names, "decoder.up_blocks.").last().map_or(0, |l| l + 1);
     let mut map = HashMap::new();
     for name in names {
-        let ldm = if ["quant_conv.", "post_quant_conv.", "encoder.conv_in.", "encoder.conv_out.", "decoder.conv_in.", "decoder.conv_out."]
-            .iter()
-            .any(|p| name.starts_with(p))
+        let ldm = if [
+            "quant_conv.",
+            "post_quant_conv.",
+            "encoder.conv_in.",
+            "encoder.conv_out.",
+            "decoder.conv_in.",
+            "decoder.conv_out.",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
         {
             Some(name.clone())
         } else if let Some(rest) = name.strip_prefix("encoder.conv_norm_out.") {
@@ -161,7 +167,8 @@ pub fn vae_diffusers_to_ldm(names: &[String]) -> HashMap<String, String> {
             if let Some((j, t)) = split_index(tail, "resnets.") {
                 Some(format!("encoder.down.{level}.block.{j}.{}", resnet_vae(t)))
             } else {
-                tail.strip_prefix("downsamplers.0.conv.").map(|t| format!("encoder.down.{level}.downsample.conv.{t}"))
+                tail.strip_prefix("downsamplers.0.conv.")
+                    .map(|t| format!("encoder.down.{level}.downsample.conv.{t}"))
             }
         } else if let Some((i, tail)) = split_index(name, "decoder.up_blocks.") {
             // diffusers counts decoder levels from the lowest resolution, LDM from the highest.
@@ -169,7 +176,8 @@ pub fn vae_diffusers_to_ldm(names: &[String]) -> HashMap<String, String> {
             if let Some((j, t)) = split_index(tail, "resnets.") {
                 Some(format!("decoder.up.{level}.block.{j}.{}", resnet_vae(t)))
             } else {
-                tail.strip_prefix("upsamplers.0.conv.").map(|t| format!("decoder.up.{level}.upsample.conv.{t}"))
+                tail.strip_prefix("upsamplers.0.conv.")
+                    .map(|t| format!("decoder.up.{level}.upsample.conv.{t}"))
             }
         } else if let Some(tail) = name.strip_prefix("encoder.mid_block.") {
             mid_vae(tail).map(|t| format!("encoder.{t}"))
@@ -189,7 +197,8 @@ pub fn vae_diffusers_to_ldm(names: &[String]) -> HashMap<String, String> {
 /// LDM without prefix, LDM under `first_stage_model.` or `vae.`, or diffusers naming. Training
 /// leftovers (`loss.*`, `model_ema.*`) are dropped.
 pub fn vae_file_map(names: &[String]) -> HashMap<String, String> {
-    let kept: Vec<&String> = names.iter().filter(|n| !n.starts_with("loss.") && !n.starts_with("model_ema.")).collect();
+    let kept: Vec<&String> =
+        names.iter().filter(|n| !n.starts_with("loss.") && !n.starts_with("model_ema.")).collect();
     let strip = |n: &str| -> String {
         n.strip_prefix(VAE).or_else(|| n.strip_prefix("vae.")).unwrap_or(n).to_string()
     };
