@@ -69,7 +69,7 @@ pub fn scan_checkpoints(dir: &Path) -> Vec<CheckpointEntry> {
             }
         })
         .collect();
-    entries.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+    entries.sort_by_key(|e| e.name.to_lowercase());
     entries
 }
 

@@ -78,11 +78,9 @@ pub fn start(
             }
         }
         let _ = ready_tx.send(Ok(()));
-        while let Ok(cmd) = rx.recv() {
-            match cmd {
-                EngineCommand::Shutdown => break,
-            }
-        }
+        // The only command so far is Shutdown (generation jobs come with the API routes that
+        // submit them); the thread keeps the model alive until then.
+        let _ = rx.recv();
     })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok((EngineHandle { commands, status }, join)),
