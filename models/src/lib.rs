@@ -6,6 +6,7 @@
 //!   the builder that hands named, shape-checked, cast tensors to module constructors.
 //! - [`nn`]: the small set of layers the models are made of (linear, conv, norms, attention).
 //! - [`clip`]: the CLIP BPE tokenizer and the CLIP text transformer.
+//! - [`conditioning`]: prompt segments → 75-token chunks → weighted CLIP conditioning (A1111 rules).
 //! - [`unet`]: the SD1.x UNet (port of diffusers `UNet2DConditionModel`, LDM key names).
 //! - [`vae`]: the KL autoencoder (port of diffusers `AutoencoderKL`, LDM key names).
 //! - [`checkpoint`]: opening a checkpoint in any supported layout and building its components.
@@ -16,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod conditioning;
 pub mod device;
 pub mod error;
 pub mod nn;

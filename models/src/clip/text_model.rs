@@ -147,11 +147,16 @@ impl ClipTextModel {
         &self.config
     }
 
-    fn embed(&self, input_ids: &Tensor) -> Tensor {
+    fn embed_with(&self, input_ids: &Tensor, fixes: &[(usize, usize, &Tensor)]) -> Tensor {
         let len = input_ids.size()[1];
         let ids = input_ids.to_device(self.token_embedding.device()).to_kind(Kind::Int64);
-        Tensor::embedding(&self.token_embedding, &ids, -1, false, false)
-            + self.position_embedding.narrow(0, 0, len).unsqueeze(0)
+        let tokens = Tensor::embedding(&self.token_embedding, &ids, -1, false, false);
+        for &(b, offset, vectors) in fixes {
+            let n = vectors.size()[0].min(len - offset as i64);
+            let v = vectors.narrow(0, 0, n).to_device(tokens.device()).to_kind(tokens.kind());
+            tokens.get(b as i64).narrow(0, offset as i64, n).copy_(&v);
+        }
+        tokens + self.position_embedding.narrow(0, 0, len).unsqueeze(0)
     }
 
     /// Every hidden state for `input_ids` `[B, L]` (int64, L ≤ max positions): entry 0 is the
@@ -159,7 +164,7 @@ impl ClipTextModel {
     /// layers + 1). The final layer norm is not applied.
     pub fn hidden_states(&self, input_ids: &Tensor) -> Vec<Tensor> {
         let mut states = Vec::with_capacity(self.layers.len() + 1);
-        states.push(self.embed(input_ids));
+        states.push(self.embed_with(input_ids, &[]));
         for layer in &self.layers {
             let next = layer.forward(states.last().expect("non-empty"));
             states.push(next);
@@ -171,8 +176,20 @@ impl ClipTextModel {
     /// followed by the final layer norm (clip skip 1 is the last layer). `clip_skip` is clamped
     /// to the available layers; the layers past the chosen one are not run.
     pub fn encode(&self, input_ids: &Tensor, clip_skip: usize) -> Tensor {
+        self.encode_with_embeddings(input_ids, &[], clip_skip)
+    }
+
+    /// [`encode`](Self::encode) with textual-inversion vectors: each `(batch index, offset,
+    /// vectors [n, width])` overwrites the token embeddings at `offset..offset+n` before the
+    /// position embeddings are added (A1111's `EmbeddingsWithFixes`).
+    pub fn encode_with_embeddings(
+        &self,
+        input_ids: &Tensor,
+        fixes: &[(usize, usize, &Tensor)],
+        clip_skip: usize,
+    ) -> Tensor {
         let n = clip_skip.clamp(1, self.layers.len());
-        let mut x = self.embed(input_ids);
+        let mut x = self.embed_with(input_ids, fixes);
         for layer in &self.layers[..self.layers.len() + 1 - n] {
             x = layer.forward(&x);
         }
