@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use tch::{Kind, Tensor};
 
@@ -89,17 +89,23 @@ impl Embedding {
     }
 }
 
+/// Candidate embeddings for one first token: (name token ids, embedding), longest first.
+type Candidates = Vec<(Vec<i64>, Rc<Embedding>)>;
+
+/// Textual-inversion replacement: (batch index, token offset, vectors `[n, width]`).
+pub type EmbeddingFix<'a> = (usize, usize, &'a Tensor);
+
 /// Embeddings indexed by the first token of their name, longest candidates first.
 #[derive(Default)]
 pub struct EmbeddingDb {
-    by_first_token: HashMap<i64, Vec<(Vec<i64>, Arc<Embedding>)>>,
+    by_first_token: HashMap<i64, Candidates>,
 }
 
 impl EmbeddingDb {
     /// Indexes `embeddings` with `tokenizer`. Embeddings whose width differs from the text
     /// encoder's (`width`) are skipped, as A1111 skips them.
-    pub fn new(tokenizer: &ClipTokenizer, embeddings: Vec<Arc<Embedding>>, width: i64) -> Self {
-        let mut by_first_token: HashMap<i64, Vec<(Vec<i64>, Arc<Embedding>)>> = HashMap::new();
+    pub fn new(tokenizer: &ClipTokenizer, embeddings: Vec<Rc<Embedding>>, width: i64) -> Self {
+        let mut by_first_token: HashMap<i64, Candidates> = HashMap::new();
         for e in embeddings {
             if e.width() != width {
                 tracing::warn!(embedding = %e.name, width = e.width(), expected = width, "embedding skipped: wrong width");
@@ -117,7 +123,7 @@ impl EmbeddingDb {
     }
 
     /// The embedding whose name's tokens start at `tokens[0]`, with that name's token count.
-    fn find(&self, tokens: &[i64]) -> Option<(usize, &Arc<Embedding>)> {
+    fn find(&self, tokens: &[i64]) -> Option<(usize, &Rc<Embedding>)> {
         let candidates = self.by_first_token.get(tokens.first()?)?;
         candidates.iter().find(|(ids, _)| tokens.starts_with(ids)).map(|(ids, e)| (ids.len(), e))
     }
@@ -129,7 +135,7 @@ pub struct Chunk {
     pub tokens: Vec<i64>,
     pub multipliers: Vec<f64>,
     /// (offset in `tokens`, embedding) for each textual-inversion insertion.
-    pub fixes: Vec<(usize, Arc<Embedding>)>,
+    pub fixes: Vec<(usize, Rc<Embedding>)>,
 }
 
 impl PartialEq for Embedding {
@@ -151,7 +157,7 @@ struct Builder {
     chunks: Vec<Chunk>,
     tokens: Vec<i64>,
     multipliers: Vec<f64>,
-    fixes: Vec<(usize, Arc<Embedding>)>,
+    fixes: Vec<(usize, Rc<Embedding>)>,
     last_comma: Option<usize>,
     token_count: usize,
 }
@@ -267,7 +273,7 @@ pub fn encode_texts(
         let chunks: Vec<&Chunk> = texts.iter().map(|t| t.chunks.get(i).unwrap_or(&empty)).collect();
         let ids: Vec<i64> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
         let ids = Tensor::from_slice(&ids).reshape([chunks.len() as i64, (MAX_TOKENS + 2) as i64]);
-        let fixes: Vec<(usize, usize, &Tensor)> = chunks
+        let fixes: Vec<EmbeddingFix> = chunks
             .iter()
             .enumerate()
             .flat_map(|(b, c)| c.fixes.iter().map(move |(offset, e)| (b, *offset, &e.vectors)))
@@ -276,7 +282,8 @@ pub fn encode_texts(
         let z = match emphasis {
             EmphasisMode::Ignore | EmphasisMode::None => z,
             EmphasisMode::Original | EmphasisMode::NoNorm => {
-                let m: Vec<f32> = chunks.iter().flat_map(|c| c.multipliers.iter().map(|&m| m as f32)).collect();
+                let m: Vec<f32> =
+                    chunks.iter().flat_map(|c| c.multipliers.iter().map(|&m| m as f32)).collect();
                 let m = Tensor::from_slice(&m)
                     .reshape([chunks.len() as i64, (MAX_TOKENS + 2) as i64, 1])
                     .to_device(z.device())
@@ -378,7 +385,10 @@ mod tests {
     #[test]
     fn chunk_embedding_reserves_slots_and_records_fix() {
         let tok = ClipTokenizer::new().unwrap();
-        let emb = Arc::new(Embedding { name: "EasyNegative".into(), vectors: Tensor::ones([3, 8], tch::kind::FLOAT_CPU) });
+        let emb = Rc::new(Embedding {
+            name: "EasyNegative".into(),
+            vectors: Tensor::ones([3, 8], tch::kind::FLOAT_CPU),
+        });
         let db = EmbeddingDb::new(&tok, vec![emb], 8);
         let c = chunk_text(&tok, &[("a easynegative, b".to_string(), 1.2)], &db, 20);
         let chunk = &c.chunks[0];

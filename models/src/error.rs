@@ -32,6 +32,12 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    #[error("noise: {0}")]
+    Rng(String),
+
+    #[error("sampling: {0}")]
+    Sampling(String),
+
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }

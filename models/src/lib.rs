@@ -11,6 +11,7 @@
 //! - [`vae`]: the KL autoencoder (port of diffusers `AutoencoderKL`, LDM key names).
 //! - [`checkpoint`]: opening a checkpoint in any supported layout and building its components.
 //! - [`device`]: device and compute-dtype policy.
+//! - [`rng`]: A1111's seeded noise (CPU, GPU and NV sources), variation seeds, seed resize, ENSD.
 //!
 //! Weights are addressed by their A1111/LDM single-file key names throughout; other layouts are
 //! renamed to those names when opened (see [`weights::names`]).
@@ -21,6 +22,7 @@ pub mod conditioning;
 pub mod device;
 pub mod error;
 pub mod nn;
+pub mod rng;
 pub mod unet;
 pub mod vae;
 pub mod weights;

@@ -147,7 +147,7 @@ impl ClipTextModel {
         &self.config
     }
 
-    fn embed_with(&self, input_ids: &Tensor, fixes: &[(usize, usize, &Tensor)]) -> Tensor {
+    fn embed_with(&self, input_ids: &Tensor, fixes: &[crate::conditioning::EmbeddingFix]) -> Tensor {
         let len = input_ids.size()[1];
         let ids = input_ids.to_device(self.token_embedding.device()).to_kind(Kind::Int64);
         let tokens = Tensor::embedding(&self.token_embedding, &ids, -1, false, false);
@@ -185,7 +185,7 @@ impl ClipTextModel {
     pub fn encode_with_embeddings(
         &self,
         input_ids: &Tensor,
-        fixes: &[(usize, usize, &Tensor)],
+        fixes: &[crate::conditioning::EmbeddingFix],
         clip_skip: usize,
     ) -> Tensor {
         let n = clip_skip.clamp(1, self.layers.len());
