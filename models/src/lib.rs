@@ -11,6 +11,7 @@
 //! - [`vae`]: the KL autoencoder (port of diffusers `AutoencoderKL`, LDM key names).
 //! - [`checkpoint`]: opening a checkpoint in any supported layout and building its components.
 //! - [`device`]: device and compute-dtype policy.
+//! - [`sampling`]: sigma schedules, the CompVis denoiser and every A1111 sampler (k-diffusion maths).
 //! - [`rng`]: A1111's seeded noise (CPU, GPU and NV sources), variation seeds, seed resize, ENSD.
 //!
 //! Weights are addressed by their A1111/LDM single-file key names throughout; other layouts are
@@ -23,6 +24,7 @@ pub mod device;
 pub mod error;
 pub mod nn;
 pub mod rng;
+pub mod sampling;
 pub mod unet;
 pub mod vae;
 pub mod weights;
