@@ -1,1 +1,13 @@
 //! The AUTOMATIC1111 wire contract.
+//!
+//! Layout:
+//! - `prompt`: the A1111 prompt language (extra networks, `AND`, prompt editing and
+//!   alternation schedules, attention/emphasis) and prompt validation.
+//! - `infotext`: the generation-parameters text A1111 writes into images, and its parser.
+//! - `error`: error types of the prompt and infotext code.
+//! - `samplers`: A1111 sampler and scheduler names, aliases and resolution.
+
+pub mod error;
+pub mod infotext;
+pub mod prompt;
+pub mod samplers;
