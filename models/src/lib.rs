@@ -23,6 +23,7 @@ pub mod conditioning;
 pub mod device;
 pub mod error;
 pub mod nn;
+pub mod pipeline;
 pub mod rng;
 pub mod sampling;
 pub mod unet;
