@@ -14,7 +14,8 @@ build: bootstrap
 run: build
 	target/release/diffusiond $(ARGS)
 
-test: bootstrap
+test:
+	@scripts/bootstrap.sh --clients
 	cargo test --workspace --all-targets
 
 lint: bootstrap

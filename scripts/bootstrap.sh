@@ -4,7 +4,7 @@
 #      tch links against;
 #   2. .cargo/config.toml pointing torch-sys at that libtorch, so that plain `cargo build`
 #      works afterwards with no environment variables set.
-# Usage: scripts/bootstrap.sh [--reference]   (--reference also installs reference/requirements.txt)
+# Usage: scripts/bootstrap.sh [--reference] [--clients]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,9 +21,17 @@ if ! "$py" -W ignore -c "import torch, sys; sys.exit(0 if torch.__version__.spli
   echo "bootstrap: installing torch==$TORCH_VERSION into $venv (one time, a few minutes)"
   "$py" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
-if [ "${1:-}" = "--reference" ]; then
-  "$py" -m pip install --quiet --disable-pip-version-check -r reference/requirements.txt
-fi
+for flag in "$@"; do
+  case "$flag" in
+    # The pinned reference stack that regenerates fixtures and runs benchmarks.
+    --reference) "$py" -m pip install --quiet --disable-pip-version-check -r reference/requirements.txt ;;
+    # The A1111 client packages the end-to-end tests drive the daemon with.
+    --clients)
+      "$py" -W ignore -c "import webuiapi" 2>/dev/null ||
+        "$py" -m pip install --quiet --disable-pip-version-check -r reference/requirements-clients.txt ;;
+    *) echo "bootstrap: unknown flag $flag" >&2; exit 2 ;;
+  esac
+done
 
 torch_dir=$("$py" -W ignore -c "import os, torch; print(os.path.dirname(torch.__file__))")
 mkdir -p .cargo

@@ -1,3 +1,7 @@
+//! The `diffusiond` binary: parse flags, set up logging (`RUST_LOG`, default `info`), bind the
+//! port and run the daemon until it is stopped.
+
+use anyhow::Context;
 use clap::Parser;
 use daemon::config::Config;
 
@@ -11,6 +15,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::parse();
     let host = if config.listen { "0.0.0.0" } else { "127.0.0.1" };
-    let listener = std::net::TcpListener::bind((host, config.port))?;
-    daemon::run(config, listener).await
+    let listener = std::net::TcpListener::bind((host, config.port))
+        .with_context(|| format!("binding {host}:{}", config.port))?;
+    daemon::run(config, listener).await?;
+    Ok(())
 }

@@ -18,8 +18,8 @@ use crate::sampling::noise::NoiseSource;
 use crate::sampling::schedule::DiscreteSchedule;
 use crate::sampling::timestep::CFGPP_SCALE_MULTIPLIER;
 use crate::sampling::{
-    sample, Control, Model, ModelInput, SamplerCtx, SamplerKind, SamplerParams, SamplingPlan, ScheduleOptions,
-    SchedulerKind, StepInfo,
+    sample, Control, Model, ModelInput, SamplerCtx, SamplerKind, SamplerParams, SamplingPlan,
+    ScheduleOptions, SchedulerKind, StepInfo,
 };
 
 /// SD1.x latent scale factor (`scale_factor` of the LDM config).
@@ -155,14 +155,15 @@ impl StableDiffusion {
 
         let mut brownian;
         let mut stream = |like: &Tensor, _: f64, _: f64| rng.try_next_noise(like);
-        let noise_source: &mut dyn NoiseSource = match (p.sampler.options().brownian_noise, plan.brownian_range()) {
-            (true, Some((lo, hi))) => {
-                let normal = Box::new(SourceNormal(p.noise.source));
-                brownian = BrownianTreeNoise::new(&x, lo, hi, p.seeds, normal)?;
-                &mut brownian
-            }
-            _ => &mut stream,
-        };
+        let noise_source: &mut dyn NoiseSource =
+            match (p.sampler.options().brownian_noise, plan.brownian_range()) {
+                (true, Some((lo, hi))) => {
+                    let normal = Box::new(SourceNormal(p.noise.source));
+                    brownian = BrownianTreeNoise::new(&x, lo, hi, p.seeds, normal)?;
+                    &mut brownian
+                }
+                _ => &mut stream,
+            };
         let mut ctx = SamplerCtx::new(noise_source).with_callback(&mut on_step);
         let sampled = match p.sampler.model_input() {
             ModelInput::Denoised => {
@@ -270,7 +271,8 @@ impl StableDiffusion {
             let z = latents.narrow(0, i, 1).to_kind(kind) / SD1_LATENT_SCALE;
             let x = self.vae.decode(&z).to_kind(Kind::Float);
             let x = ((x + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0;
-            let hwc = x.squeeze_dim(0).permute([1, 2, 0]).to_device(Device::Cpu).to_kind(Kind::Uint8).contiguous();
+            let hwc =
+                x.squeeze_dim(0).permute([1, 2, 0]).to_device(Device::Cpu).to_kind(Kind::Uint8).contiguous();
             let (h, w) = (hwc.size()[0], hwc.size()[1]);
             let mut data = vec![0u8; (h * w * 3) as usize];
             let n = data.len();

@@ -1,0 +1,325 @@
+//! `POST /sdapi/v1/txt2img` and `/img2img`: parse → validate (blocking pool) → queue → await
+//! the engine → encode and save (blocking pool) → respond (a1111-api.md §3, §4, §8).
+
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, HttpResponse, ResponseError};
+use compat::api::error::parse_body;
+use compat::api::{pyjson, GenerationInfo, Img2ImgRequest, Txt2ImgRequest, Txt2ImgResponse};
+use serde_json::{Map, Value};
+
+use super::blocking;
+use crate::catalog::CheckpointEntry;
+use crate::engine::job::{GeneratedImage, GenerationJob, GenerationMode};
+use crate::engine::{JobKind, JobOutput, Submission};
+use crate::error::ApiError;
+use crate::images::{self, ImageFormat};
+use crate::options::OptionView;
+use crate::validate::{self, ValidateContext, ValidatedJob, VERSION};
+use crate::AppState;
+
+/// Every generation response names its job, success or not, so a client (or a test) can tell
+/// which job an answer belongs to.
+const TASK_ID_HEADER: &str = "x-task-id";
+
+pub async fn txt2img(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let parsed = parse_body::<Txt2ImgRequest>(&body).map_err(ApiError::Validation);
+    let state2 = state.clone();
+    respond(
+        state,
+        async move {
+            let req = parsed?;
+            blocking(move || with_context(&state2, |ctx| validate::txt2img(&req, ctx))).await
+        }
+        .await,
+    )
+    .await
+}
+
+pub async fn img2img(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let parsed = parse_body::<Img2ImgRequest>(&body).map_err(ApiError::Validation);
+    let state2 = state.clone();
+    respond(
+        state,
+        async move {
+            let req = parsed?;
+            blocking(move || with_context(&state2, |ctx| validate::img2img(&req, ctx))).await
+        }
+        .await,
+    )
+    .await
+}
+
+fn with_context<T>(state: &AppState, f: impl FnOnce(&ValidateContext) -> T) -> T {
+    let snapshot = state.catalog.snapshot();
+    let selected = state.selected_entry();
+    let catalog = state.catalog.clone();
+    let file_hash = move |p: &std::path::Path| catalog.file_sha256(p).ok();
+    let ctx = ValidateContext {
+        catalog: &snapshot,
+        options: state.options.all(),
+        selected: selected.as_ref(),
+        lora_dir: &state.config.lora_dir(),
+        embeddings_dir: &state.config.embeddings_dir(),
+        file_hash: &file_hash,
+    };
+    f(&ctx)
+}
+
+async fn respond(state: web::Data<AppState>, validated: Result<ValidatedJob, ApiError>) -> HttpResponse {
+    let validated = match validated {
+        Ok(v) => v,
+        Err(e) => return e.error_response(),
+    };
+    let task_id = validated.task_id.clone();
+    let mut response = match run(state, validated).await {
+        Ok(r) => r,
+        Err(e) => e.error_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&task_id) {
+        response.headers_mut().insert(HeaderName::from_static(TASK_ID_HEADER), v);
+    }
+    response
+}
+
+async fn run(state: web::Data<AppState>, v: ValidatedJob) -> Result<HttpResponse, ApiError> {
+    if v.restore_faces_ignored {
+        tracing::warn!(task = %v.task_id, "face restoration requested, but no face restorer is available");
+    }
+    let job = Arc::new(v.job);
+    let submitted = state
+        .engine
+        .submit(Submission {
+            kind: JobKind::Generate(job.clone()),
+            checkpoint: Some(v.checkpoint.reference()),
+            task_id: v.task_id.clone(),
+            keep_if_abandoned: v.save_images,
+        })
+        .await?;
+    let job_timestamp = chrono::Local::now().format("%Y%m%d%H%M%S").to_string();
+    let outcome = submitted.outcome.await.map_err(|_| ApiError::EngineStopped)?;
+    let images = match outcome? {
+        JobOutput::Images(images) => images,
+        other => return Err(ApiError::Runtime(format!("the engine answered a generation with {other:?}"))),
+    };
+
+    // The checkpoint was just used; hash it in the background if that has not happened yet, so
+    // its title becomes `name [hash]` as in A1111.
+    if v.checkpoint.sha256.is_none() && v.checkpoint.path.is_file() {
+        let (catalog, path) = (state.catalog.clone(), v.checkpoint.path.clone());
+        actix_web::rt::spawn(async move {
+            if let Ok(Err(e)) = web::block(move || catalog.hash_checkpoint(&path)).await {
+                tracing::warn!(cause = %e, "could not hash checkpoint");
+            }
+        });
+    }
+    if !v.persist_overrides.is_empty() {
+        let (state, changes) = (state.clone(), v.persist_overrides.clone());
+        blocking(move || state.options.set(changes).map_err(|e| ApiError::Runtime(e.to_string()))).await?;
+    }
+
+    let inpainting = state.engine.status().unet_in_channels == Some(9) && job.mode == GenerationMode::Img2Img;
+    let info = generation_info(&job, &v.checkpoint, &images, job_timestamp, inpainting);
+    let output = Output {
+        options: v.options,
+        data_dir: state.config.data_dir.clone(),
+        mode: job.mode,
+        send_images: v.send_images,
+        save_images: v.save_images,
+    };
+    let state2 = state.clone();
+    let encoded = blocking(move || output.write(&images, &state2.save_lock)).await?;
+    let body = Txt2ImgResponse { images: encoded, parameters: v.parameters, info: pyjson::to_string(&info) };
+    Ok(HttpResponse::Ok().json(body))
+}
+
+fn generation_info(
+    job: &GenerationJob,
+    checkpoint: &CheckpointEntry,
+    images: &[GeneratedImage],
+    job_timestamp: String,
+    inpainting: bool,
+) -> GenerationInfo {
+    let mut extra = Map::new();
+    if job.scheduler != "Automatic" {
+        extra.insert("Schedule type".into(), Value::from(job.scheduler.clone()));
+    }
+    let (seed_resize_w, seed_resize_h) = job.seed_resize_from.map_or((-1, -1), |(w, h)| (w as i64, h as i64));
+    GenerationInfo {
+        prompt: job.prompts.first().cloned().unwrap_or_default(),
+        all_prompts: job.prompts.clone(),
+        negative_prompt: job.negative_prompts.first().cloned().unwrap_or_default(),
+        all_negative_prompts: job.negative_prompts.clone(),
+        seed: job.seeds.first().copied().unwrap_or(-1),
+        all_seeds: job.seeds.clone(),
+        subseed: job.subseeds.first().copied().unwrap_or(-1),
+        all_subseeds: job.subseeds.clone(),
+        subseed_strength: job.subseed_strength,
+        width: job.width as i64,
+        height: job.height as i64,
+        sampler_name: job.sampler.clone(),
+        cfg_scale: job.cfg_scale,
+        steps: job.steps as i64,
+        batch_size: job.batch_size as i64,
+        restore_faces: false,
+        face_restoration_model: None,
+        sd_model_name: Some(checkpoint.stem()),
+        sd_model_hash: checkpoint.short_hash().map(str::to_string),
+        sd_vae_name: job.infotext.vae_name.clone(),
+        sd_vae_hash: job.infotext.vae_hash.clone(),
+        seed_resize_from_w: seed_resize_w,
+        seed_resize_from_h: seed_resize_h,
+        denoising_strength: job.denoising_strength,
+        extra_generation_params: extra,
+        index_of_first_image: 0,
+        infotexts: images.iter().map(|i| i.infotext.clone()).collect(),
+        styles: job.styles.clone(),
+        job_timestamp,
+        clip_skip: job.clip_skip as i64,
+        is_using_inpainting_conditioning: inpainting,
+        version: Some(VERSION.to_string()),
+    }
+}
+
+/// How a job's images leave the daemon: encoded into the response and, with `save_images`,
+/// written under `outputs/` (a1111-api.md §8.1–8.2).
+struct Output {
+    options: Map<String, Value>,
+    data_dir: std::path::PathBuf,
+    mode: GenerationMode,
+    send_images: bool,
+    save_images: bool,
+}
+
+impl Output {
+    /// Encodes (and saves) every image; returns the base64 strings for the response.
+    fn write(
+        &self,
+        images: &[GeneratedImage],
+        save_lock: &std::sync::Mutex<()>,
+    ) -> Result<Vec<String>, ApiError> {
+        let view = OptionView(&self.options);
+        let format = ImageFormat::from_option(&view.string("samples_format"));
+        let with_info = view.bool("enable_pnginfo");
+        let quality = view.i64("jpeg_quality").clamp(1, 100) as u8;
+        let encode_err = |e: images::ImageError| ApiError::Runtime(e.to_string());
+        let mut out = Vec::new();
+        for image in images {
+            let rgb = crate::engine::job::RgbImage {
+                width: image.width,
+                height: image.height,
+                rgb: image.rgb.clone(),
+            };
+            let texts: &[(&str, &str)] = if with_info && !image.infotext.is_empty() {
+                &[("parameters", image.infotext.as_str())]
+            } else {
+                &[]
+            };
+            let bytes = images::encode(&rgb, format, texts, quality).map_err(encode_err)?;
+            if self.save_images {
+                let dir = self.samples_dir(&view);
+                let seed = image.seed.to_string();
+                let stem = if view.bool("save_to_dirs") {
+                    seed
+                } else {
+                    let prompt = images::sanitize_for_file_name(&image.prompt);
+                    if prompt.is_empty() {
+                        seed
+                    } else {
+                        format!("{seed}-{prompt}")
+                    }
+                };
+                let path = images::save_numbered(&dir, &stem, format.extension(), &bytes, save_lock)
+                    .map_err(|e| ApiError::Runtime(format!("saving to {}: {e}", dir.display())))?;
+                tracing::info!(file = %path.display(), "image saved");
+            }
+            if self.send_images {
+                out.push(images::encode_base64(&bytes));
+            }
+        }
+        // A1111 rewrites params.txt with the first infotext after every job.
+        if let Some(first) = images.first().filter(|i| !i.infotext.is_empty()) {
+            if let Err(e) =
+                crate::fsutil::write_atomic(&self.data_dir.join("params.txt"), first.infotext.as_bytes())
+            {
+                tracing::warn!(cause = %e, "could not write params.txt");
+            }
+        }
+        Ok(out)
+    }
+
+    /// `outdir_*_samples` (relative to the data folder), plus the dated sub-folder when
+    /// `save_to_dirs` is on.
+    fn samples_dir(&self, view: &OptionView) -> std::path::PathBuf {
+        let key = match self.mode {
+            GenerationMode::Txt2Img => "outdir_txt2img_samples",
+            GenerationMode::Img2Img => "outdir_img2img_samples",
+        };
+        let mut dir = self.data_dir.join(view.string(key));
+        if view.bool("save_to_dirs") {
+            let pattern = view.string("directories_filename_pattern");
+            let date = chrono::Local::now().format("%Y-%m-%d").to_string();
+            // Only the `[date]` token is expanded; other tokens are dropped.
+            let expanded = pattern.replace("[date]", &date);
+            let cleaned: String = regex::Regex::new(r"\[[^\]]*\]")
+                .expect("a constant regex compiles; this is a bug")
+                .replace_all(&expanded, "")
+                .into_owned();
+            let sub = images::sanitize_for_file_name(&cleaned);
+            if !sub.is_empty() {
+                dir = dir.join(sub);
+            }
+        }
+        dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(seed: i64) -> GeneratedImage {
+        GeneratedImage {
+            rgb: vec![10; 4 * 2 * 3],
+            width: 4,
+            height: 2,
+            seed,
+            subseed: 0,
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            infotext: format!("a cat\nSteps: 2, Seed: {seed}"),
+        }
+    }
+
+    #[test]
+    fn output_write_saves_numbered_pngs_with_infotext_and_params_txt() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Output {
+            options: compat::api::options::defaults(),
+            data_dir: dir.path().to_path_buf(),
+            mode: GenerationMode::Txt2Img,
+            send_images: true,
+            save_images: true,
+        };
+        let lock = std::sync::Mutex::new(());
+        let encoded = output.write(&[image(1003), image(1004)], &lock).unwrap();
+        assert_eq!(encoded.len(), 2);
+        let date = chrono::Local::now().format("%Y-%m-%d").to_string();
+        let day = dir.path().join("outputs/txt2img-images").join(date);
+        let first = std::fs::read(day.join("00000-1003.png")).unwrap();
+        assert_eq!(images::decode_base64(&encoded[0]).unwrap(), first, "the saved file is the sent image");
+        let chunks = images::png_text_chunks(&first).unwrap();
+        assert_eq!(chunks, vec![("parameters".to_string(), "a cat\nSteps: 2, Seed: 1003".to_string())]);
+        assert!(day.join("00001-1004.png").is_file());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("params.txt")).unwrap(),
+            "a cat\nSteps: 2, Seed: 1003"
+        );
+
+        // Without save_images nothing is written; without send_images nothing is returned.
+        let quiet = Output { send_images: false, save_images: false, ..output };
+        assert!(quiet.write(&[image(7)], &lock).unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(&day).unwrap().count(), 2);
+    }
+}
