@@ -5,7 +5,13 @@
 //! the family and every architecture setting are read from tensor shapes, and tensors are copied
 //! to the device one at a time.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
+use std::rc::Rc;
+use std::sync::Mutex;
+
+use tch::Tensor;
 
 use crate::clip::{ClipConfig, ClipTextModel};
 use crate::device::Placement;
@@ -88,6 +94,11 @@ pub struct StableDiffusion {
     pub unet: Unet,
     pub vae: Vae,
     pub placement: Placement,
+    /// Every module weight by its A1111 name, sharing storage with the modules: what LoRA merges
+    /// update in place.
+    pub params: HashMap<String, Tensor>,
+    /// The LoRA set merged into `params` and the originals it replaced.
+    pub lora: Mutex<crate::lora::LoraState>,
 }
 
 impl StableDiffusion {
@@ -101,12 +112,22 @@ impl StableDiffusion {
     /// Builds the components from `weights` (a file's, or random ones) for a known `config`.
     pub fn build(weights: &Weights, config: CheckpointConfig) -> Result<Self> {
         let _guard = tch::no_grad_guard();
+        let weights_placement = weights.placement();
         let strip = |p: &str| p.trim_end_matches('.').to_string();
+        let registry = Rc::new(RefCell::new(HashMap::new()));
+        let weights = weights.with_registry(registry.clone());
+        let clip = ClipTextModel::new(&weights.pp(strip(names::CLIP)), &config.clip)?;
+        let unet = Unet::new(&weights.pp(strip(names::UNET)), &config.unet)?;
+        let vae = Vae::new(&weights.pp(strip(names::VAE)), &config.vae)?;
+        drop(weights);
+        let params = registry.take();
         Ok(StableDiffusion {
-            clip: ClipTextModel::new(&weights.pp(strip(names::CLIP)), &config.clip)?,
-            unet: Unet::new(&weights.pp(strip(names::UNET)), &config.unet)?,
-            vae: Vae::new(&weights.pp(strip(names::VAE)), &config.vae)?,
-            placement: weights.placement(),
+            clip,
+            unet,
+            vae,
+            placement: weights_placement,
+            params,
+            lora: Mutex::new(crate::lora::LoraState::default()),
             config,
         })
     }

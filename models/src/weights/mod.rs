@@ -192,32 +192,47 @@ enum Backend<'a> {
     Random(Rc<RandomWeights>),
 }
 
+/// Every tensor a [`Weights`] handed out, by full name: handles sharing the modules' storage, so
+/// in-place updates (LoRA merges) reach the modules without rebuilding them.
+pub type ParamRegistry = Rc<RefCell<HashMap<String, Tensor>>>;
+
 /// Hands tensors to module constructors: `w.pp("encoder").get(&[768, 768], "weight")`.
 #[derive(Clone)]
 pub struct Weights<'a> {
     backend: Backend<'a>,
     prefix: String,
     placement: Placement,
+    registry: Option<ParamRegistry>,
 }
 
 impl<'a> Weights<'a> {
     pub fn from_source(source: &'a dyn TensorSource, placement: Placement) -> Self {
-        Weights { backend: Backend::Source(source), prefix: String::new(), placement }
+        Weights { backend: Backend::Source(source), prefix: String::new(), placement, registry: None }
     }
 
     pub fn random(random: Rc<RandomWeights>, placement: Placement) -> Weights<'static> {
-        Weights { backend: Backend::Random(random), prefix: String::new(), placement }
+        Weights { backend: Backend::Random(random), prefix: String::new(), placement, registry: None }
     }
 
     pub fn placement(&self) -> Placement {
         self.placement
     }
 
+    /// The same weights, recording every tensor handed out (under its full name) in `registry`.
+    pub fn with_registry(&self, registry: ParamRegistry) -> Self {
+        Weights { registry: Some(registry), ..self.clone() }
+    }
+
     /// The same weights under `prefix.name`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
         let prefix =
             if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Weights { backend: self.backend.clone(), prefix, placement: self.placement }
+        Weights {
+            backend: self.backend.clone(),
+            prefix,
+            placement: self.placement,
+            registry: self.registry.clone(),
+        }
     }
 
     pub fn full_name(&self, name: &str) -> String {
@@ -282,7 +297,11 @@ impl<'a> Weights<'a> {
             }
         };
         let Placement { device, kind } = self.placement;
-        Ok(t.to_device(device).to_kind(kind).detach())
+        let t = t.to_device(device).to_kind(kind).detach();
+        if let Some(registry) = &self.registry {
+            registry.borrow_mut().insert(full, t.shallow_clone());
+        }
+        Ok(t)
     }
 }
 
