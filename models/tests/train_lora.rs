@@ -1,0 +1,263 @@
+//! LoRA training on the tiny SD1.5-topology fixture: kohya's module set and names, the loss going
+//! down over 10 steps, determinism for a seed, restoring the base weights, and the saved kohya
+//! file (names, shapes, alpha, metadata, hashes; read back by the inference-side loader).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use models::checkpoint::StableDiffusion;
+use models::clip::tokenizer::ClipTokenizer;
+use models::device::Placement;
+use models::lora::LoraSpec;
+use models::train::lora_net::{LoraConfig, LoraNetwork, Part};
+use models::train::optim::{AdamWConfig, OptimizerConfig};
+use models::train::save::{kohya_hashes, kohya_metadata, save_kohya, RunInfo};
+use models::train::schedule::LrScheduleKind;
+use models::train::{TrainConfig, TrainImage, Trainer};
+use models::weights::safetensors_file::SafetensorsFile;
+use models::weights::TensorSource;
+use tch::{Kind, Tensor};
+
+/// Training seeds and draws from libtorch's global generator; tests run on parallel threads.
+static GLOBAL_RNG: Mutex<()> = Mutex::new(());
+
+fn rng() -> MutexGuard<'static, ()> {
+    GLOBAL_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn tiny() -> StableDiffusion {
+    let path =
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny/tiny-sd15.safetensors"));
+    StableDiffusion::load(&path, Placement::cpu()).unwrap()
+}
+
+fn images() -> Vec<TrainImage> {
+    tch::manual_seed(7);
+    (0..2)
+        .map(|i| TrainImage {
+            pixels: Tensor::rand([3, 32, 32], (Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0,
+            caption: format!("photo of ohwx man {i}"),
+            is_reg: i == 1,
+        })
+        .collect()
+}
+
+fn config(seed: i64) -> TrainConfig {
+    TrainConfig {
+        network: LoraConfig { rank: 4, alpha: Some(4.0), ..Default::default() },
+        optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+        learning_rate: 1e-2,
+        scheduler: LrScheduleKind::Constant,
+        max_train_steps: 10,
+        batch_size: 2,
+        noise_offset: Some(0.0357),
+        weighting: models::train::loss::LossWeighting { min_snr_gamma: Some(5.0), prior_loss_weight: 0.5 },
+        seed,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn lora_network_tiny_model_has_kohya_targets_and_init() {
+    let _rng = rng();
+    let sd = tiny();
+    tch::manual_seed(0);
+    let net = LoraNetwork::new(
+        &sd.params,
+        sd.config.unet.num_res_blocks as usize,
+        &LoraConfig::default(),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let names: Vec<&str> = net.modules.iter().map(|m| m.name.as_str()).collect();
+    for want in [
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+        "lora_te_text_model_encoder_layers_0_mlp_fc2",
+        "lora_unet_down_blocks_0_attentions_0_proj_in",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_out_0",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj",
+        "lora_unet_mid_block_attentions_0_proj_out",
+        "lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_ff_net_2",
+    ] {
+        assert!(names.contains(&want), "missing {want}");
+    }
+    let te = net.modules.iter().filter(|m| m.part == Part::TextEncoder).count();
+    let unet = net.modules.len() - te;
+    let clip_layers = sd.config.clip.layers as usize;
+    assert_eq!(te, 6 * clip_layers, "6 linears per CLIP layer");
+    assert_eq!(unet % 12, 0, "12 modules per transformer block, got {unet}");
+    // Text encoder modules first, as kohya orders its parameter groups.
+    assert!(net.modules[..te].iter().all(|m| m.part == Part::TextEncoder));
+    for m in &net.modules {
+        let fan_in: i64 = m.down.size()[1..].iter().product();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        assert!(m.down.abs().max().double_value(&[]) <= bound, "{}: down outside U(±1/√fan_in)", m.name);
+        assert!(m.down.abs().max().double_value(&[]) > bound * 0.5, "{}: down suspiciously small", m.name);
+        assert_eq!(m.up.abs().max().double_value(&[]), 0.0, "{}: up must start at zero", m.name);
+        assert_eq!(m.scale(), 1.0 / 4.0, "alpha 1 / rank 4");
+    }
+    let proj_in =
+        net.modules.iter().find(|m| m.name == "lora_unet_down_blocks_0_attentions_0_proj_in").unwrap();
+    assert_eq!(proj_in.down.dim(), 4, "proj_in is a 1×1 conv in SD1: 4-D LoRA weights");
+}
+
+#[test]
+fn lora_network_with_conv_dim_adds_locon_modules() {
+    let _rng = rng();
+    let sd = tiny();
+    let cfg = LoraConfig { conv: Some((2, 1.0)), ..Default::default() };
+    let net =
+        LoraNetwork::new(&sd.params, sd.config.unet.num_res_blocks as usize, &cfg, tch::Device::Cpu).unwrap();
+    let find = |n: &str| net.modules.iter().find(|m| m.name == n).unwrap_or_else(|| panic!("missing {n}"));
+    let conv1 = find("lora_unet_down_blocks_0_resnets_0_conv1");
+    assert_eq!((conv1.rank, conv1.down.size()[2..].to_vec()), (2, vec![3, 3]), "3×3 conv gets conv_dim");
+    assert_eq!(
+        find("lora_unet_down_blocks_0_resnets_0_time_emb_proj").rank,
+        4,
+        "time_emb_proj gets the main rank"
+    );
+    find("lora_unet_down_blocks_0_downsamplers_0_conv");
+    find("lora_unet_up_blocks_0_upsamplers_0_conv");
+}
+
+#[test]
+fn lora_inject_forward_equals_base_plus_adapter_path() {
+    let _rng = rng();
+    let sd = tiny();
+    tch::manual_seed(1);
+    let net = LoraNetwork::new(
+        &sd.params,
+        sd.config.unet.num_res_blocks as usize,
+        &LoraConfig::default(),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let m = net
+        .modules
+        .iter()
+        .find(|m| m.name == "lora_te_text_model_encoder_layers_0_self_attn_q_proj")
+        .unwrap();
+    tch::no_grad(|| {
+        m.up.shallow_clone().copy_(&(m.up.randn_like() * 0.1));
+    });
+    let w0 = sd.params[&m.target_name].copy();
+    let x = Tensor::randn([3, w0.size()[1]], (Kind::Float, tch::Device::Cpu));
+    let kohya = x.matmul(&w0.tr()) + x.matmul(&m.down.tr()).matmul(&m.up.tr()) * m.scale();
+    tch::no_grad(|| net.inject());
+    let injected = x.matmul(&sd.params[&m.target_name].tr());
+    let err = (&injected - &kohya).abs().max().double_value(&[]);
+    assert!(err < 1e-5, "merged forward differs from W x + up(down(x))·scale by {err}");
+    net.restore();
+    assert_eq!((&sd.params[&m.target_name] - &w0).abs().max().double_value(&[]), 0.0, "restore is exact");
+}
+
+/// Trains `steps` steps and returns (loss before, loss after, step losses, one LoRA tensor).
+fn train_once(sd: &StableDiffusion, seed: i64, steps: u64) -> (f64, f64, Vec<f64>, Tensor) {
+    let tokenizer = ClipTokenizer::new().unwrap();
+    let imgs = images();
+    let mut trainer =
+        Trainer::new(sd, &tokenizer, &imgs, TrainConfig { max_train_steps: steps, ..config(seed) }).unwrap();
+    let fixed = trainer.draw_batch().unwrap();
+    let before = trainer.eval_loss(&fixed);
+    let records = trainer.run(|_| {}).unwrap();
+    let after = trainer.eval_loss(&fixed);
+    let net = trainer.finish();
+    let up = net.modules.iter().find(|m| m.part == Part::Unet).unwrap().up.detach().copy();
+    (before, after, records.iter().map(|r| r.loss).collect(), up)
+}
+
+#[test]
+fn trainer_tiny_model_ten_steps_lowers_loss_and_is_deterministic() {
+    let _rng = rng();
+    let sd = tiny();
+    let reference: Vec<(String, Tensor)> = sd.params.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
+    let (before, after, losses, up) = train_once(&sd, 42, 10);
+    println!("fixed-batch loss {before:.6} -> {after:.6}; step losses {losses:.4?}");
+    assert_eq!(losses.len(), 10);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(after < before * 0.98, "10 steps should lower the fixed-batch loss: {before} -> {after}");
+    assert!(up.abs().max().double_value(&[]) > 0.0, "lora_up moved away from zero");
+    for (k, v) in &reference {
+        let diff = (&sd.params[k] - v).abs().max().double_value(&[]);
+        assert_eq!(diff, 0.0, "{k} not restored after training");
+    }
+    let (before2, after2, losses2, up2) = train_once(&sd, 42, 10);
+    assert_eq!((before, after, &losses), (before2, after2, &losses2), "same seed, same run");
+    assert_eq!((&up - &up2).abs().max().double_value(&[]), 0.0);
+    let (_, _, losses3, _) = train_once(&sd, 43, 1);
+    assert_ne!(losses[0], losses3[0], "another seed draws other noise");
+}
+
+#[test]
+fn save_kohya_reloads_with_names_shapes_alpha_metadata_and_hashes() {
+    let _rng = rng();
+    let sd = tiny();
+    let tokenizer = ClipTokenizer::new().unwrap();
+    let imgs = images();
+    let cfg = TrainConfig { max_train_steps: 3, ..config(5) };
+    let mut trainer = Trainer::new(&sd, &tokenizer, &imgs, cfg.clone()).unwrap();
+    let fixed = trainer.draw_batch().unwrap();
+    trainer.run(|_| {}).unwrap();
+    let trained_loss = trainer.eval_loss(&fixed);
+    let net = trainer.finish();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ohwx.safetensors");
+    let run = RunInfo {
+        output_name: "ohwx".into(),
+        steps: 3,
+        epoch: 1,
+        num_train_images: 1,
+        num_reg_images: 1,
+        resolution: (32, 32),
+        ..Default::default()
+    };
+    let meta: BTreeMap<String, String> = kohya_metadata(&net, &cfg, &run);
+    save_kohya(&net, &path, &meta, Kind::Float).unwrap();
+
+    let file = SafetensorsFile::open(&path).unwrap();
+    assert_eq!(file.names().len(), net.modules.len() * 3);
+    for m in &net.modules {
+        let down = file.read(&format!("{}.lora_down.weight", m.name)).unwrap();
+        let up = file.read(&format!("{}.lora_up.weight", m.name)).unwrap();
+        let alpha = file.read(&format!("{}.alpha", m.name)).unwrap();
+        assert_eq!(down.size(), m.down.size(), "{}", m.name);
+        assert_eq!(up.size(), m.up.size(), "{}", m.name);
+        assert_eq!(alpha.dim(), 0, "{}: alpha is a scalar", m.name);
+        assert_eq!(alpha.double_value(&[]), 4.0, "{}: network_alpha 4", m.name);
+        assert_eq!((&down - &m.down).abs().max().double_value(&[]), 0.0);
+    }
+    let md = file.metadata();
+    for (k, v) in [
+        ("ss_network_module", "networks.lora"),
+        ("ss_network_dim", "4"),
+        ("ss_network_alpha", "4.0"),
+        ("ss_output_name", "ohwx"),
+        ("ss_lr_scheduler", "constant"),
+        ("ss_resolution", "(32, 32)"),
+        ("ss_min_snr_gamma", "5.0"),
+        ("ss_noise_offset", "0.0357"),
+        ("ss_optimizer", "torch.optim.adamw.AdamW(weight_decay=0.01)"),
+    ] {
+        assert_eq!(md.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    // The data section does not depend on the metadata: the stored model hash is the SHA-256 of
+    // the real file's data section.
+    let bytes = std::fs::read(&path).unwrap();
+    let (model_hash, _) = kohya_hashes(&bytes).unwrap();
+    assert_eq!(md["sshs_model_hash"], model_hash);
+    assert_eq!(md["sshs_legacy_hash"].len(), 8);
+
+    // The inference loader merges the file into the model: the loss matches the trained network's.
+    let spec = LoraSpec { path: path.clone(), te_multiplier: 1.0, unet_multiplier: 1.0 };
+    sd.apply_loras(&[spec]).unwrap();
+    // A fresh network has up = 0, so evaluating through it is evaluating the merged model.
+    let fresh = Trainer::new(&sd, &tokenizer, &imgs, TrainConfig { max_train_steps: 0, ..cfg }).unwrap();
+    let merged_loss = fresh.eval_loss(&fixed);
+    drop(fresh);
+    sd.apply_loras(&[]).unwrap();
+    println!("trained network loss {trained_loss:.6}, loaded-and-merged loss {merged_loss:.6}");
+    assert!((trained_loss - merged_loss).abs() < 1e-5 * trained_loss.abs().max(1.0));
+}
