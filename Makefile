@@ -32,3 +32,10 @@ bench:
 	@scripts/bootstrap.sh --reference
 	cargo build --release -p models --example bench_sd15
 	.venv/bin/python reference/bench_sd15.py --ours target/release/examples/bench_sd15
+
+# Checkpoint switching (cold load vs cached) and per-request HTTP overhead of the daemon, both
+# measured in one run; ARGS="--device cuda" on a GPU. The two generated checkpoints are kept in
+# target/bench-daemon for later runs.
+bench-daemon: bootstrap
+	cargo build --release -p daemon --example bench_daemon
+	target/release/examples/bench_daemon --cache-dir target/bench-daemon $(ARGS)

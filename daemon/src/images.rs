@@ -244,6 +244,524 @@ pub fn save_numbered(
     Ok(path)
 }
 
+// ------------------------------------------------------------------------------------------
+// Pixel operations of A1111's img2img and hires fix, with Pillow's integer arithmetic so that
+// resized init images, masks and overlays equal what A1111 computes byte for byte.
+
+/// Interleaved 8-bit pixels: 1 channel (an `L` mask), 3 (RGB) or 4 (RGBA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pixels {
+    pub width: u32,
+    pub height: u32,
+    pub channels: usize,
+    pub data: Vec<u8>,
+}
+
+impl Pixels {
+    pub fn new(width: u32, height: u32, channels: usize, data: Vec<u8>) -> Pixels {
+        debug_assert_eq!(data.len(), width as usize * height as usize * channels);
+        Pixels { width, height, channels, data }
+    }
+
+    /// A black (or transparent) image.
+    pub fn blank(width: u32, height: u32, channels: usize) -> Pixels {
+        Pixels::new(width, height, channels, vec![0; width as usize * height as usize * channels])
+    }
+
+    fn at(&self, x: usize, y: usize) -> &[u8] {
+        let i = (y * self.width as usize + x) * self.channels;
+        &self.data[i..i + self.channels]
+    }
+
+    /// Pillow's `crop((x1, y1, x2, y2))` for a box inside the image.
+    pub fn crop(&self, x1: u32, y1: u32, x2: u32, y2: u32) -> Pixels {
+        let mut data = Vec::with_capacity(((x2 - x1) * (y2 - y1)) as usize * self.channels);
+        for y in y1..y2 {
+            let start = (y * self.width + x1) as usize * self.channels;
+            data.extend_from_slice(&self.data[start..start + (x2 - x1) as usize * self.channels]);
+        }
+        Pixels::new(x2 - x1, y2 - y1, self.channels, data)
+    }
+
+    /// Pillow's `paste(other, (x, y))` without a mask; parts outside are clipped. An RGB source
+    /// pasted into RGBA becomes opaque, as Pillow converts it.
+    pub fn paste(&mut self, other: &Pixels, x: i64, y: i64) {
+        for sy in 0..other.height as i64 {
+            let ty = y + sy;
+            if ty < 0 || ty >= self.height as i64 {
+                continue;
+            }
+            for sx in 0..other.width as i64 {
+                let tx = x + sx;
+                if tx < 0 || tx >= self.width as i64 {
+                    continue;
+                }
+                let src = other.at(sx as usize, sy as usize);
+                let i = (ty as usize * self.width as usize + tx as usize) * self.channels;
+                for (c, v) in self.data[i..i + self.channels].iter_mut().enumerate() {
+                    *v = src.get(c).copied().unwrap_or(255);
+                }
+            }
+        }
+    }
+}
+
+/// Pillow's resampling filters that A1111's image paths use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    /// `Image.BICUBIC` (a = −0.5), Pillow's default for `resize`.
+    Bicubic,
+    /// `Image.LANCZOS` (3 lobes).
+    Lanczos,
+    /// `Image.NEAREST`.
+    Nearest,
+}
+
+impl Resample {
+    fn support(self) -> f64 {
+        match self {
+            Resample::Bicubic => 2.0,
+            Resample::Lanczos => 3.0,
+            Resample::Nearest => 0.5,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        let sinc = |x: f64| {
+            if x == 0.0 {
+                1.0
+            } else {
+                let x = x * std::f64::consts::PI;
+                x.sin() / x
+            }
+        };
+        match self {
+            Resample::Bicubic => {
+                let a = -0.5;
+                let x = x.abs();
+                if x < 1.0 {
+                    ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * a
+                } else {
+                    0.0
+                }
+            }
+            Resample::Lanczos => {
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
+            Resample::Nearest => {
+                if (-0.5..0.5).contains(&x) {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// Pillow keeps 8-bit filter weights as integers with this many fraction bits.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: for each output index, the first
+/// input index and the fixed-point weights.
+fn resample_coeffs(
+    in_size: usize,
+    in0: f64,
+    in1: f64,
+    out_size: usize,
+    filter: Resample,
+) -> Vec<(usize, Vec<i64>)> {
+    let scale = (in1 - in0) / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filter.support() * filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = in0 + (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's `(int)` truncates toward zero.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
+            let weights: Vec<f64> =
+                (xmin..xmax.max(xmin)).map(|x| filter.weight((x as f64 - center + 0.5) * ss)).collect();
+            let total: f64 = weights.iter().sum();
+            let fixed = weights
+                .iter()
+                .map(|w| {
+                    let w = if total != 0.0 { w / total } else { *w };
+                    let scaled = w * f64::from(1u32 << PRECISION_BITS);
+                    if w < 0.0 {
+                        (scaled - 0.5) as i64
+                    } else {
+                        (scaled + 0.5) as i64
+                    }
+                })
+                .collect();
+            (xmin as usize, fixed)
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    if v >= (1i64 << PRECISION_BITS) << 8 {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PRECISION_BITS) as u8
+    }
+}
+
+/// Pillow's `Image.resize((width, height), resample, box)` for 8-bit L/RGB data: a horizontal
+/// and a vertical pass, each rounded to 8 bits, skipped when that axis is unchanged.
+/// `box` is the source region `(x0, y0, x1, y1)`; `None` is the whole image.
+pub fn resize_pil(
+    img: &Pixels,
+    width: u32,
+    height: u32,
+    filter: Resample,
+    region: Option<[f64; 4]>,
+) -> Pixels {
+    let (w, h) = (img.width as f64, img.height as f64);
+    let b = region.unwrap_or([0.0, 0.0, w, h]);
+    if width == img.width && height == img.height && b == [0.0, 0.0, w, h] {
+        return img.clone();
+    }
+    let need_h = width != img.width || b[0] != 0.0 || b[2] != width as f64;
+    let need_v = height != img.height || b[1] != 0.0 || b[3] != height as f64;
+    let h_coeffs = resample_coeffs(img.width as usize, b[0], b[2], width as usize, filter);
+    let v_coeffs = resample_coeffs(img.height as usize, b[1], b[3], height as usize, filter);
+    let horizontal = |cur: &Pixels| {
+        let mut out = Vec::with_capacity(width as usize * cur.height as usize * cur.channels);
+        for y in 0..cur.height as usize {
+            for (xmin, k) in &h_coeffs {
+                for c in 0..cur.channels {
+                    let acc = k.iter().enumerate().fold(1i64 << (PRECISION_BITS - 1), |acc, (j, kj)| {
+                        acc + i64::from(cur.at(xmin + j, y)[c]) * kj
+                    });
+                    out.push(clip8(acc));
+                }
+            }
+        }
+        Pixels::new(width, cur.height, cur.channels, out)
+    };
+    let vertical = |cur: &Pixels| {
+        let mut out = Vec::with_capacity(cur.width as usize * height as usize * cur.channels);
+        for (ymin, k) in &v_coeffs {
+            for x in 0..cur.width as usize {
+                for c in 0..cur.channels {
+                    let acc = k.iter().enumerate().fold(1i64 << (PRECISION_BITS - 1), |acc, (j, kj)| {
+                        acc + i64::from(cur.at(x, ymin + j)[c]) * kj
+                    });
+                    out.push(clip8(acc));
+                }
+            }
+        }
+        Pixels::new(cur.width, height, cur.channels, out)
+    };
+    match (need_h, need_v) {
+        // Horizontal first, as Pillow 9.5 (A1111 1.10's pin) does. The reference environment's
+        // Pillow 13 sometimes starts vertically when one axis shrinks more than the other,
+        // which moves single levels; the goldens' resizes keep the aspect ratio and agree.
+        (true, true) => vertical(&horizontal(img)),
+        (true, false) => horizontal(img),
+        (false, true) => vertical(img),
+        (false, false) => img.clone(),
+    }
+}
+
+/// A1111's `images.resize_image(resize_mode, im, width, height)` for modes 0 (just resize),
+/// 1 (crop and resize: scale to cover, centre crop) and 2 or more (resize and fill: scale to
+/// fit, centre, fill the bands with the edge rows or columns squeezed by Pillow's default
+/// bicubic filter). Resizing is Lanczos (the
+/// `upscaler_for_img2img` option is unset by default; masks always use Lanczos).
+pub fn resize_image(mode: u8, img: &Pixels, width: u32, height: u32) -> Pixels {
+    let (w, h) = (width as i64, height as i64);
+    let (iw, ih) = (img.width as i64, img.height as i64);
+    let ratio = w as f64 / h as f64;
+    let src_ratio = iw as f64 / ih as f64;
+    match mode {
+        0 => resize_pil(img, width, height, Resample::Lanczos, None),
+        // Every other mode (3, latent upscale, included) takes A1111's "resize and fill" branch.
+        _ => {
+            let cover = mode == 1;
+            let src_w =
+                if (cover && ratio > src_ratio) || (!cover && ratio < src_ratio) { w } else { iw * h / ih };
+            let src_h =
+                if (cover && ratio <= src_ratio) || (!cover && ratio >= src_ratio) { h } else { ih * w / iw };
+            let resized = resize_pil(img, src_w as u32, src_h as u32, Resample::Lanczos, None);
+            let mut res = Pixels::blank(width, height, img.channels);
+            res.paste(&resized, w / 2 - src_w / 2, h / 2 - src_h / 2);
+            if !cover {
+                let (rw, rh) = (resized.width as f64, resized.height as f64);
+                if ratio < src_ratio {
+                    let fill = h / 2 - src_h / 2;
+                    if fill > 0 {
+                        let top = resize_pil(
+                            &resized,
+                            width,
+                            fill as u32,
+                            Resample::Bicubic,
+                            Some([0.0, 0.0, w as f64, 0.0]),
+                        );
+                        let bottom = resize_pil(
+                            &resized,
+                            width,
+                            fill as u32,
+                            Resample::Bicubic,
+                            Some([0.0, rh, w as f64, rh]),
+                        );
+                        res.paste(&top, 0, 0);
+                        res.paste(&bottom, 0, fill + src_h);
+                    }
+                } else if ratio > src_ratio {
+                    let fill = w / 2 - src_w / 2;
+                    if fill > 0 {
+                        let left = resize_pil(
+                            &resized,
+                            fill as u32,
+                            height,
+                            Resample::Bicubic,
+                            Some([0.0, 0.0, 0.0, h as f64]),
+                        );
+                        let right = resize_pil(
+                            &resized,
+                            fill as u32,
+                            height,
+                            Resample::Bicubic,
+                            Some([rw, 0.0, rw, h as f64]),
+                        );
+                        res.paste(&left, 0, 0);
+                        res.paste(&right, fill + src_w, 0);
+                    }
+                }
+            }
+            res
+        }
+    }
+}
+
+/// A1111's pixel upscaler path of `resize_image(0, …, upscaler_name)` for the built-in
+/// upscalers: "None" is one Lanczos resize; "Lanczos" and "Nearest" first scale by the factor
+/// (`Upscaler.upscale`: target rounded down to a multiple of 8, then a Lanczos fix-up) and
+/// finish with a Lanczos resize to the exact size. `None` for an upscaler that needs a model.
+pub fn upscale_with(name: &str, img: &Pixels, width: u32, height: u32) -> Option<Pixels> {
+    let filter = match name {
+        "None" => return Some(resize_pil(img, width, height, Resample::Lanczos, None)),
+        "Lanczos" => Resample::Lanczos,
+        "Nearest" => Resample::Nearest,
+        _ => return None,
+    };
+    let scale = (width as f64 / img.width as f64).max(height as f64 / img.height as f64);
+    let mut im = img.clone();
+    if scale > 1.0 {
+        let dest_w = ((img.width as f64 * scale) / 8.0).floor() as u32 * 8;
+        let dest_h = ((img.height as f64 * scale) / 8.0).floor() as u32 * 8;
+        for _ in 0..3 {
+            if im.width >= dest_w && im.height >= dest_h {
+                break;
+            }
+            let before = (im.width, im.height);
+            let (nw, nh) = ((im.width as f64 * scale) as u32, (im.height as f64 * scale) as u32);
+            im = resize_pil(&im, nw, nh, filter, None);
+            if before == (im.width, im.height) {
+                break;
+            }
+        }
+        if im.width != dest_w || im.height != dest_h {
+            im = resize_pil(&im, dest_w, dest_h, Resample::Lanczos, None);
+        }
+    }
+    if im.width != width || im.height != height {
+        im = resize_pil(&im, width, height, Resample::Lanczos, None);
+    }
+    Some(im)
+}
+
+/// A Gaussian blur of an `L` image along one axis, as A1111's mask blur calls
+/// `cv2.GaussianBlur` with a `(k, 1)` or `(1, k)` kernel, `k = 2·int(2.5σ + 0.5) + 1`, and
+/// OpenCV's default reflect-101 border. The weights are OpenCV's sampled Gaussian in floating
+/// point; OpenCV's 8-bit path rounds its fixed-point kernel, so single pixels can differ by one
+/// level from it.
+pub fn gaussian_blur_axis(img: &Pixels, sigma: u32, horizontal: bool) -> Pixels {
+    if sigma == 0 {
+        return img.clone();
+    }
+    let s = f64::from(sigma);
+    let k = 2 * ((2.5 * s + 0.5) as i64) + 1;
+    let half = (k - 1) / 2;
+    let mut weights: Vec<f64> =
+        (0..k).map(|i| (-(((i - half) * (i - half)) as f64) / (2.0 * s * s)).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    weights.iter_mut().for_each(|w| *w /= total);
+    let (w, h) = (img.width as i64, img.height as i64);
+    let len = if horizontal { w } else { h };
+    let reflect = |mut i: i64| {
+        if len == 1 {
+            return 0;
+        }
+        loop {
+            if i < 0 {
+                i = -i;
+            } else if i >= len {
+                i = 2 * (len - 1) - i;
+            } else {
+                return i;
+            }
+        }
+    };
+    let mut out = vec![0u8; img.data.len()];
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..img.channels {
+                let mut acc = 0.0;
+                for (j, wj) in weights.iter().enumerate() {
+                    let d = j as i64 - half;
+                    let (sx, sy) = if horizontal { (reflect(x + d), y) } else { (x, reflect(y + d)) };
+                    acc += wj * f64::from(img.at(sx as usize, sy as usize)[c]);
+                }
+                out[((y * w + x) as usize) * img.channels + c] = acc.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    Pixels::new(img.width, img.height, img.channels, out)
+}
+
+/// Pillow's `getbbox()` of an `L` image: `(x1, y1, x2, y2)` of the non-zero pixels.
+pub fn bbox(mask: &Pixels) -> Option<(u32, u32, u32, u32)> {
+    let mut b: Option<(u32, u32, u32, u32)> = None;
+    for y in 0..mask.height {
+        for x in 0..mask.width {
+            if mask.at(x as usize, y as usize)[0] != 0 {
+                b = Some(match b {
+                    None => (x, y, x + 1, y + 1),
+                    Some((x1, y1, x2, y2)) => (x1.min(x), y1.min(y), x2.max(x + 1), y2.max(y + 1)),
+                });
+            }
+        }
+    }
+    b
+}
+
+/// A1111's `masking.get_crop_region_v2` then `expand_crop_region`: the mask's bounding box
+/// grown by `pad`, then widened or heightened towards the `width`:`height` ratio of the
+/// generation, inside the image. `None` for an empty mask.
+pub fn inpaint_crop_region(mask: &Pixels, pad: u32, width: u32, height: u32) -> Option<(i64, i64, i64, i64)> {
+    let (bx1, by1, bx2, by2) = bbox(mask)?;
+    let (iw, ih) = (i64::from(mask.width), i64::from(mask.height));
+    let pad = i64::from(pad);
+    let (mut x1, mut y1, mut x2, mut y2) = if pad > 0 {
+        (
+            (i64::from(bx1) - pad).max(0),
+            (i64::from(by1) - pad).max(0),
+            (i64::from(bx2) + pad).min(iw),
+            (i64::from(by2) + pad).min(ih),
+        )
+    } else {
+        (i64::from(bx1), i64::from(by1), i64::from(bx2), i64::from(by2))
+    };
+    let ratio_crop = (x2 - x1) as f64 / (y2 - y1) as f64;
+    let ratio_processing = f64::from(width) / f64::from(height);
+    // Python's `//` floors; the differences here are never negative.
+    if ratio_crop > ratio_processing {
+        let desired = (x2 - x1) as f64 / ratio_processing;
+        let diff = (desired - (y2 - y1) as f64) as i64;
+        y1 -= diff.div_euclid(2);
+        y2 += diff - diff.div_euclid(2);
+        if y2 >= ih {
+            let d = y2 - ih;
+            y2 -= d;
+            y1 -= d;
+        }
+        if y1 < 0 {
+            y2 -= y1;
+            y1 = 0;
+        }
+        if y2 >= ih {
+            y2 = ih;
+        }
+    } else {
+        let desired = (y2 - y1) as f64 * ratio_processing;
+        let diff = (desired - (x2 - x1) as f64) as i64;
+        x1 -= diff.div_euclid(2);
+        x2 += diff - diff.div_euclid(2);
+        if x2 >= iw {
+            let d = x2 - iw;
+            x2 -= d;
+            x1 -= d;
+        }
+        if x1 < 0 {
+            x2 -= x1;
+            x1 = 0;
+        }
+        if x2 >= iw {
+            x2 = iw;
+        }
+    }
+    Some((x1, y1, x2, y2))
+}
+
+/// Pillow's integer division by 255 with rounding (`DIV255`).
+fn div255(a: u32) -> u32 {
+    let t = a + 128;
+    ((t >> 8) + t) >> 8
+}
+
+/// A1111's overlay image: an empty `RGBa` image with the RGB original pasted through
+/// `invert(mask_for_overlay)`, converted to `RGBA` (un-premultiplied with Pillow's integer
+/// division). The result is RGBA: the original where the mask is 0, transparent where it is 255.
+pub fn overlay_image(rgb: &Pixels, mask_for_overlay: &Pixels) -> Pixels {
+    let mut out = Vec::with_capacity(rgb.data.len() / 3 * 4);
+    for (px, m) in rgb.data.chunks_exact(3).zip(&mask_for_overlay.data) {
+        let keep = 255 - u32::from(*m);
+        let pre: Vec<u32> = px.iter().map(|&c| div255(u32::from(c) * keep)).collect();
+        let alpha = div255(255 * keep);
+        for c in pre {
+            out.push(if alpha == 255 || alpha == 0 { c } else { ((255 * c) / alpha).min(255) } as u8);
+        }
+        out.push(alpha as u8);
+    }
+    Pixels::new(rgb.width, rgb.height, 4, out)
+}
+
+/// Pillow's `alpha_composite(dst, src)` on RGBA data (7-bit fixed-point coefficients), in place.
+pub fn alpha_composite(dst: &mut Pixels, src: &Pixels) {
+    const BITS: u32 = 7;
+    let shift_div255 = |a: u32| ((a >> 8) + a) >> 8;
+    for (d, s) in dst.data.chunks_exact_mut(4).zip(src.data.chunks_exact(4)) {
+        let sa = u32::from(s[3]);
+        if sa == 0 {
+            continue;
+        }
+        let blend = u32::from(d[3]) * (255 - sa);
+        let outa255 = sa * 255 + blend;
+        let coef1 = sa * 255 * 255 * (1 << BITS) / outa255;
+        let coef2 = 255 * (1 << BITS) - coef1;
+        for c in 0..3 {
+            let t = u32::from(s[c]) * coef1 + u32::from(d[c]) * coef2;
+            d[c] = (shift_div255(t + (0x80 << BITS)) >> BITS) as u8;
+        }
+        d[3] = shift_div255(outa255 + 0x80) as u8;
+    }
+}
+
+/// RGB → RGBA (opaque), as Pillow's `convert('RGBA')`.
+pub fn rgba_of(rgb: &Pixels) -> Pixels {
+    let data = rgb.data.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    Pixels::new(rgb.width, rgb.height, 4, data)
+}
+
+/// RGBA → RGB by dropping alpha, as Pillow's `convert('RGB')`.
+pub fn rgb_of(rgba: &Pixels) -> Pixels {
+    let data = rgba.data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    Pixels::new(rgba.width, rgba.height, 3, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +823,103 @@ mod tests {
         assert_eq!(path.file_name().unwrap(), "00042-1003.png");
         assert_eq!(parse_color("#102030"), [16, 32, 48]);
         assert_eq!(sanitize_for_file_name("a/b: <c>  d."), "a b c d");
+    }
+
+    fn pixels_test_rgb() -> Pixels {
+        Pixels::new(6, 4, 3, (0..72u32).map(|i| ((i * 37 + (i / 3) * 11) % 256) as u8).collect())
+    }
+
+    // Expected bytes from Pillow on the same inputs; the Lanczos case is Pillow's horizontal
+    // resize followed by its vertical one (the order of the Pillow A1111 1.10 pins).
+    #[test]
+    fn resize_pil_lanczos_and_bicubic_equal_pillow_bytes() {
+        let im = pixels_test_rgb();
+        let lanczos = resize_pil(&im, 9, 3, Resample::Lanczos, None);
+        assert_eq!(
+            lanczos.data,
+            [
+                60, 0, 56, 68, 81, 145, 144, 157, 175, 240, 90, 40, 167, 109, 105, 111, 136, 168, 219, 75,
+                31, 170, 94, 81, 81, 137, 184, 235, 119, 0, 136, 92, 67, 73, 129, 156, 182, 241, 143, 123,
+                165, 130, 64, 101, 129, 173, 223, 126, 110, 165, 120, 11, 63, 118, 165, 234, 179, 76, 130,
+                116, 27, 60, 112, 135, 167, 236, 79, 110, 159, 8, 51, 90, 102, 156, 220, 178, 105, 159, 192,
+                17, 51
+            ]
+        );
+        let bicubic = resize_pil(&im, 4, 7, Resample::Bicubic, None);
+        assert_eq!(
+            bicubic.data,
+            [
+                27, 89, 125, 201, 77, 126, 170, 79, 126, 152, 82, 127, 78, 66, 113, 184, 122, 108, 158, 112,
+                109, 140, 107, 111, 164, 36, 89, 154, 194, 85, 134, 165, 86, 116, 148, 88, 162, 103, 52, 132,
+                184, 144, 114, 157, 128, 85, 138, 120, 130, 172, 44, 112, 149, 200, 92, 129, 170, 82, 111,
+                151, 106, 150, 129, 88, 125, 171, 62, 105, 147, 168, 87, 128, 94, 131, 181, 76, 113, 149, 45,
+                93, 130, 219, 75, 112
+            ]
+        );
+    }
+
+    #[test]
+    fn resize_image_fill_mode_equals_a1111_bytes() {
+        let filled = resize_image(2, &pixels_test_rgb(), 8, 8);
+        assert_eq!((filled.width, filled.height), (8, 8));
+        // Rows 0-1 are the squeezed top edge, rows 2-6 the Lanczos-resized image, row 7 the
+        // squeezed bottom edge.
+        assert_eq!(
+            filled.data,
+            [
+                0, 35, 66, 44, 141, 168, 210, 101, 162, 236, 0, 79, 119, 146, 185, 198, 34, 104, 199, 21, 92,
+                89, 155, 188, 0, 35, 66, 44, 141, 168, 210, 101, 162, 236, 0, 79, 119, 146, 185, 198, 34,
+                104, 199, 21, 92, 89, 155, 188, 0, 31, 64, 51, 133, 166, 203, 110, 157, 234, 17, 72, 116,
+                144, 182, 195, 47, 98, 196, 35, 86, 87, 150, 185, 162, 0, 47, 105, 71, 150, 150, 180, 117,
+                215, 172, 19, 93, 127, 157, 171, 154, 53, 176, 151, 39, 72, 109, 165, 252, 118, 0, 120, 86,
+                79, 100, 180, 165, 186, 253, 132, 60, 99, 131, 146, 202, 127, 126, 205, 121, 0, 66, 118, 174,
+                247, 72, 70, 122, 73, 75, 103, 187, 153, 184, 248, 31, 66, 104, 96, 140, 200, 141, 141, 203,
+                86, 38, 71, 159, 191, 248, 50, 85, 130, 51, 88, 120, 130, 166, 199, 12, 43, 79, 43, 122, 155,
+                195, 123, 156, 255, 14, 51, 157, 184, 255, 48, 80, 137, 48, 86, 112, 127, 164, 193, 10, 40,
+                76, 36, 120, 149, 202, 121, 150, 255, 11, 49
+            ]
+        );
+    }
+
+    #[test]
+    fn overlay_and_alpha_composite_equal_pillow_bytes() {
+        let im = pixels_test_rgb();
+        let mask = Pixels::new(6, 4, 1, (0..24u32).map(|i| ((i * 53) % 256) as u8).collect());
+        let overlay = overlay_image(&im, &mask);
+        assert_eq!(
+            overlay.data,
+            [
+                0, 37, 74, 255, 122, 159, 195, 202, 244, 25, 61, 149, 108, 146, 183, 96, 231, 11, 47, 43, 98,
+                134, 172, 246, 220, 1, 38, 193, 85, 123, 160, 140, 208, 246, 26, 87, 75, 112, 150, 34, 195,
+                233, 13, 237, 62, 98, 135, 184, 184, 221, 1, 131, 49, 88, 124, 78, 173, 204, 244, 25, 38, 74,
+                111, 228, 160, 196, 234, 175, 25, 62, 100, 122, 147, 184, 221, 69, 15, 47, 95, 16, 136, 173,
+                209, 219, 1, 38, 75, 166, 124, 160, 198, 113, 246, 25, 63, 60
+            ]
+        );
+        let generated = Pixels::new(6, 4, 3, (0..72u32).map(|i| ((i * 91 + 7) % 256) as u8).collect());
+        let mut base = rgba_of(&generated);
+        alpha_composite(&mut base, &overlay);
+        assert_eq!(
+            rgb_of(&base).data,
+            [
+                0, 37, 74, 102, 150, 197, 160, 69, 128, 77, 148, 219, 101, 140, 9, 98, 136, 167, 193, 49, 37,
+                103, 165, 111, 165, 238, 54, 149, 232, 95, 194, 217, 19, 99, 79, 131, 197, 136, 67, 173, 71,
+                145, 238, 92, 178, 35, 76, 119, 117, 170, 225, 33, 98, 164, 81, 158, 234, 70, 158, 6, 130,
+                174, 182, 38, 94, 61, 125, 191, 116, 166, 184, 67
+            ]
+        );
+    }
+
+    #[test]
+    fn inpaint_crop_region_pads_then_matches_generation_ratio() {
+        let mut mask = Pixels::blank(32, 32, 1);
+        for y in 10..14 {
+            for x in 8..20 {
+                mask.data[y * 32 + x] = 255;
+            }
+        }
+        // bbox (8,10)-(20,14), padded by 2 → (6,8)-(22,16): 16×8, widened to a square 16×16.
+        assert_eq!(inpaint_crop_region(&mask, 2, 32, 32), Some((6, 4, 22, 20)));
+        assert_eq!(inpaint_crop_region(&Pixels::blank(8, 8, 1), 4, 8, 8), None);
     }
 }

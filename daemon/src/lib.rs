@@ -6,6 +6,8 @@
 //! - [`options`]: the persisted runtime options of `/sdapi/v1/options`.
 //! - [`engine`]: the thread that owns the device and the loaded models, and its job queue.
 //! - [`validate`]: wire requests → engine jobs.
+//! - [`scripts`]: what runs around a generation request: Dynamic Prompts, Randomizer Keywords
+//!   ([`keywords`]), the X/Y/Z plot.
 //! - [`images`]: base64, image decoding, PNG encoding with infotext, output file names.
 //! - [`routes`]: the HTTP routes; [`middleware`]: auth, CORS, `X-Process-Time`.
 //! - [`error`]: `ApiError`, the one place failures become HTTP responses.
@@ -17,9 +19,11 @@ pub mod error;
 pub mod fsutil;
 pub mod generation;
 pub mod images;
+pub mod keywords;
 pub mod middleware;
 pub mod options;
 pub mod routes;
+pub mod scripts;
 pub mod validate;
 
 use std::future::Future;
@@ -53,6 +57,8 @@ pub struct AppState {
     pub save_lock: Mutex<()>,
     /// The last live preview encoded for `/progress`: (preview serial, base64 PNG).
     pub preview_cache: Mutex<Option<(u64, String)>>,
+    /// `<data-dir>/wildcards`, re-read whenever a file in it changes.
+    pub wildcards: Arc<wildcards::DirSource>,
 }
 
 impl AppState {
@@ -173,6 +179,7 @@ pub async fn run_until(
         }
     }
 
+    let wildcards_dir = config.data_dir.join("wildcards");
     let state = Arc::new(AppState {
         config,
         device,
@@ -184,6 +191,7 @@ pub async fn run_until(
         cors,
         save_lock: Mutex::new(()),
         preview_cache: Mutex::new(None),
+        wildcards: Arc::new(wildcards::DirSource::new(wildcards_dir)),
     });
     if let Some(entry) = state.selected_entry() {
         if let Err(e) = state.options.set([("sd_model_checkpoint".to_string(), entry.title().into())]) {

@@ -367,7 +367,10 @@ fn validate_common(
         return Err(ApiError::http(StatusCode::UNPROCESSABLE_ENTITY, format!("Script '{name}' not found")));
     }
     for title in c.alwayson_scripts.into_iter().flat_map(|m| m.keys()) {
-        if !BUILTIN_ALWAYSON_SCRIPTS.contains(&title.to_lowercase().as_str()) {
+        let known = BUILTIN_ALWAYSON_SCRIPTS.contains(&title.to_lowercase().as_str())
+            || is_dynamic_prompts_title(title)
+            || title == PER_IMAGE_SCRIPT;
+        if !known {
             return Err(ApiError::http(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("always on script {title} not found"),
@@ -524,6 +527,8 @@ fn validate_common(
             textual_inversion_add_hashes: view.bool("textual_inversion_add_hashes_to_infotext"),
         },
     };
+    let mut job = job;
+    apply_per_image(&mut job, c.alwayson_scripts)?;
     let restore_after = c.override_settings_restore_afterwards.unwrap_or(true);
     Ok(ValidatedJob {
         job,
@@ -536,6 +541,103 @@ fn validate_common(
         options,
         persist_overrides: if restore_after { Vec::new() } else { persist_overrides },
         restore_faces_ignored: restore_faces,
+    })
+}
+
+/// The internal always-on entry through which `crate::scripts` hands over prompts, negative
+/// prompts, seeds and subseeds already expanded per image (Dynamic Prompts, Randomizer
+/// Keywords). Its lists replace the ones built from the request's single prompt and seed.
+pub const PER_IMAGE_SCRIPT: &str = "diffusiond per-image";
+
+/// Whether an `alwayson_scripts` key names the Dynamic Prompts extension. A1111 wants the exact
+/// title with its version (`Dynamic Prompts v2.17.1`); any version is accepted here, so clients
+/// written against another release keep working.
+pub fn is_dynamic_prompts_title(title: &str) -> bool {
+    let lower = title.to_lowercase();
+    lower.starts_with("dynamic prompts") || lower.starts_with("dynamicprompts")
+}
+
+/// The per-image lists of the [`PER_IMAGE_SCRIPT`] entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct PerImage {
+    pub prompts: Vec<String>,
+    pub negative_prompts: Vec<String>,
+    pub seeds: Vec<i64>,
+    pub subseeds: Vec<i64>,
+}
+
+fn apply_per_image(job: &mut GenerationJob, scripts: Option<&Map<String, Value>>) -> Result<(), ApiError> {
+    let Some(entry) = scripts.and_then(|m| m.get(PER_IMAGE_SCRIPT)) else { return Ok(()) };
+    let lists: PerImage = entry
+        .get("args")
+        .and_then(|a| a.get(0))
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| {
+            ApiError::field("alwayson_scripts", format!("`{PER_IMAGE_SCRIPT}` takes one object"))
+        })?;
+    let count = job.image_count();
+    let lens = [lists.prompts.len(), lists.negative_prompts.len(), lists.seeds.len(), lists.subseeds.len()];
+    if lens.iter().any(|&n| n != count) {
+        return Err(ApiError::field(
+            "alwayson_scripts",
+            format!("`{PER_IMAGE_SCRIPT}` needs {count} entries per list, got {lens:?}"),
+        ));
+    }
+    job.prompts = lists.prompts;
+    job.negative_prompts = lists.negative_prompts;
+    job.seeds = lists.seeds;
+    job.subseeds = lists.subseeds;
+    Ok(())
+}
+
+/// What prompt expansion starts from (spec step 3): the prompts with styles applied, one seed
+/// and subseed per image, and the batch shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptInputs {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seeds: Vec<i64>,
+    pub subseeds: Vec<i64>,
+    pub seed: i64,
+    pub subseed: i64,
+    pub subseed_strength: f64,
+    pub batch_size: usize,
+    pub n_iter: usize,
+}
+
+/// [`PromptInputs`] of a txt2img request (seeds −1 drawn here).
+pub fn txt2img_prompt_inputs(req: &Txt2ImgRequest, catalog: &Snapshot) -> Result<PromptInputs, ApiError> {
+    prompt_inputs(&common!(req), catalog, None)
+}
+
+/// [`PromptInputs`] of an img2img request: several init images set the batch size.
+pub fn img2img_prompt_inputs(req: &Img2ImgRequest, catalog: &Snapshot) -> Result<PromptInputs, ApiError> {
+    let images = req.init_images.as_ref().map_or(0, Vec::len);
+    prompt_inputs(&common!(req), catalog, (images > 1).then_some(images))
+}
+
+fn prompt_inputs(c: &Common, catalog: &Snapshot, batch: Option<usize>) -> Result<PromptInputs, ApiError> {
+    let batch_size = match batch {
+        Some(b) => b,
+        None => check_range("batch_size", c.batch_size.unwrap_or(1), 1, 64)? as usize,
+    };
+    let n_iter = check_range("n_iter", c.n_iter.unwrap_or(1), 1, 10_000)? as usize;
+    let count = batch_size * n_iter;
+    let subseed_strength = c.subseed_strength.unwrap_or(0.0);
+    let (seed, subseed) = (resolve_seed(c.seed), resolve_seed(c.subseed));
+    let variation = subseed_strength != 0.0;
+    let (prompt, negative_prompt, _) = apply_styles(catalog, c.prompt, c.negative_prompt, c.styles);
+    Ok(PromptInputs {
+        prompt,
+        negative_prompt,
+        seeds: (0..count as i64).map(|i| if variation { seed } else { seed + i }).collect(),
+        subseeds: (0..count as i64).map(|i| subseed + i).collect(),
+        seed,
+        subseed,
+        subseed_strength,
+        batch_size,
+        n_iter,
     })
 }
 
@@ -564,7 +666,7 @@ fn check_unit(field: &str, value: f64) -> Result<(), ApiError> {
 }
 
 /// -1 (or null) draws a random seed in A1111's range `[0, 4294967294)`.
-fn resolve_seed(seed: Option<i64>) -> i64 {
+pub fn resolve_seed(seed: Option<i64>) -> i64 {
     match seed {
         Some(s) if s != -1 => s,
         _ => (random_u64() % 4_294_967_294) as i64,
@@ -626,7 +728,7 @@ fn apply_styles(
 }
 
 /// `hr_checkpoint_name` and `refiner_checkpoint` also accept a substring of a title.
-fn find_checkpoint_loosely<'a>(catalog: &'a Snapshot, name: &str) -> Option<&'a CheckpointEntry> {
+pub fn find_checkpoint_loosely<'a>(catalog: &'a Snapshot, name: &str) -> Option<&'a CheckpointEntry> {
     catalog.find_checkpoint(name).or_else(|| catalog.checkpoints.iter().find(|e| e.title().contains(name)))
 }
 

@@ -9,9 +9,13 @@
 //! - [`conditioning`]: prompt segments → 75-token chunks → weighted CLIP conditioning (A1111 rules).
 //! - [`unet`]: the SD1.x UNet (port of diffusers `UNet2DConditionModel`, LDM key names).
 //! - [`vae`]: the KL autoencoder (port of diffusers `AutoencoderKL`, LDM key names).
+//! - [`lora`]: LoRA / LyCORIS networks merged into a loaded model's weights, and restored.
 //! - [`checkpoint`]: opening a checkpoint in any supported layout and building its components.
 //! - [`device`]: device and compute-dtype policy.
 //! - [`sampling`]: sigma schedules, the CompVis denoiser and every A1111 sampler (k-diffusion maths).
+//! - [`upscale_latent`]: hires fix's latent upscale modes (torch `interpolate`).
+//! - [`train`]: kohya-style LoRA training: optimizers, LR schedules, loss weighting, the trainable
+//!   LoRA network, the training loop and kohya-format saving.
 //! - [`rng`]: A1111's seeded noise (CPU, GPU and NV sources), variation seeds, seed resize, ENSD.
 //!
 //! Weights are addressed by their A1111/LDM single-file key names throughout; other layouts are
@@ -22,11 +26,14 @@ pub mod clip;
 pub mod conditioning;
 pub mod device;
 pub mod error;
+pub mod lora;
 pub mod nn;
 pub mod pipeline;
 pub mod rng;
 pub mod sampling;
+pub mod train;
 pub mod unet;
+pub mod upscale_latent;
 pub mod vae;
 pub mod weights;
 

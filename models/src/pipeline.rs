@@ -75,6 +75,10 @@ pub struct BatchParams<'a> {
     /// A1111's `pad_cond_uncond` option: the empty prompt's conditioning `[1, 77, C]` to pad the
     /// shorter of cond and uncond with; `None` runs them as separate model calls instead.
     pub pad_cond_uncond: Option<Tensor>,
+    /// Inpainting: A1111's `p.mask` (1 keeps the init latent) and `p.nmask` (1 regenerates),
+    /// `[4, h, w]`. Needs `init`; the init latent is blended back in every model evaluation and
+    /// once more after sampling.
+    pub mask: Option<(&'a Tensor, &'a Tensor)>,
 }
 
 /// Brownian-tree draws through the request's noise source, as A1111's
@@ -129,6 +133,11 @@ impl StableDiffusion {
                 &p.schedule_options,
             )?,
         };
+        let masks = match (p.mask, p.init) {
+            (Some(_), None) => return Err(Error::Sampling("an inpainting mask needs an init latent".into())),
+            (Some((m, n)), Some(_)) => Some((m.to_device(device), n.to_device(device))),
+            (None, _) => None,
+        };
         let shape = [4, p.height / f, p.width / f];
         let mut rng = ImageRng::new(&p.noise, shape, p.seeds, p.subseeds, device)?;
         let noise = rng.next_batch()?;
@@ -165,21 +174,36 @@ impl StableDiffusion {
                 _ => &mut stream,
             };
         let mut ctx = SamplerCtx::new(noise_source).with_callback(&mut on_step);
+        // Inpainting blend `x·nmask + init·mask`. A1111's CFG denoiser applies it to the
+        // denoised prediction for sigma samplers and to the model's input latent for the
+        // timestep samplers (DDIM, PLMS, UniPC), whose prediction is eps.
+        let blend = |x: Tensor| match (masks.as_ref(), p.init) {
+            (Some((mask, nmask)), Some((init, _))) => x * nmask + init * mask,
+            _ => x,
+        };
         let sampled = match p.sampler.model_input() {
             ModelInput::Denoised => {
-                let mut f = |x: &Tensor, sigma: &Tensor| self.cfg(x, sigma, p, next_step(), &denoised_of).0;
+                let mut f =
+                    |x: &Tensor, sigma: &Tensor| blend(self.cfg(x, sigma, p, next_step(), &denoised_of).0);
                 sample(&plan, Model::Denoised(&mut f), x, &p.sampler_params, &mut ctx)?
             }
             ModelInput::Eps => {
-                let mut f = |x: &Tensor, t: &Tensor| self.cfg(x, t, p, next_step(), &eps_of).0;
+                let mut f = |x: &Tensor, t: &Tensor| {
+                    let x = blend(x.shallow_clone());
+                    self.cfg(&x, t, p, next_step(), &eps_of).0
+                };
                 sample(&plan, Model::Eps(&mut f), x, &p.sampler_params, &mut ctx)?
             }
             ModelInput::EpsCfgPp => {
-                let mut f = |x: &Tensor, t: &Tensor| self.cfg(x, t, p, next_step(), &eps_of);
+                let mut f = |x: &Tensor, t: &Tensor| {
+                    let x = blend(x.shallow_clone());
+                    self.cfg(&x, t, p, next_step(), &eps_of)
+                };
                 sample(&plan, Model::EpsCfgPp(&mut f), x, &p.sampler_params, &mut ctx)?
             }
         };
-        Ok(sampled.latent)
+        // `StableDiffusionProcessingImg2Img.sample` blends once more after the sampler.
+        Ok(blend(sampled.latent))
     }
 
     /// A1111's `CFGDenoiser.forward` for one model evaluation: `predict(context, x, s)` is the

@@ -31,6 +31,10 @@ fn check_reference_case(d: &TestDaemon, case: &str) {
         let b64 = base64::engine::general_purpose::STANDARD.encode(png);
         request["init_images"] = json!([format!("data:image/png;base64,{b64}")]);
     }
+    if request.get("mask").is_some() {
+        let png = std::fs::read(fixture("images/mask_32x32.png")).unwrap();
+        request["mask"] = json!(base64::engine::general_purpose::STANDARD.encode(png));
+    }
     let endpoint = meta["endpoint"].clone();
     let answer = d.post(&endpoint, &request).unwrap();
     assert_eq!(answer.status, 200, "{case}: {}", answer.text);
@@ -56,9 +60,16 @@ fn check_reference_case(d: &TestDaemon, case: &str) {
 #[test]
 fn txt2img_and_img2img_over_http_match_reference() {
     let d = TestDaemon::start(&[fixture("tiny/tiny-sd15.safetensors")], &[]).unwrap();
-    for case in
-        ["euler", "euler_a", "prompt_editing", "variation", "clip_skip2", "dpmpp_2m_sde", "img2img_dpmpp_2m"]
-    {
+    for case in [
+        "euler",
+        "euler_a",
+        "prompt_editing",
+        "variation",
+        "clip_skip2",
+        "dpmpp_2m_sde",
+        "img2img_dpmpp_2m",
+        "inpaint_euler_a",
+    ] {
         check_reference_case(&d, case);
     }
 }

@@ -11,7 +11,11 @@ use models::sampling::{Control, UniPcOptions};
 
 use super::job::{GeneratedImage, GenerationJob, GenerationMode, JobError};
 use super::progress::StepHooks;
-use crate::generation::{txt2img, GenerationError, TextEncoders, Txt2ImgSpec};
+use crate::generation::{
+    txt2img_with_loras, GenerationError, HiresSpec, InpaintSpec, TextEncoders, Txt2ImgSpec,
+};
+use crate::images::Pixels;
+use models::upscale_latent::LatentUpscale;
 
 fn emphasis(name: &str) -> EmphasisMode {
     match name {
@@ -46,19 +50,41 @@ pub fn generate(
     job: &GenerationJob,
     hooks: &mut StepHooks,
 ) -> Result<Vec<GeneratedImage>, JobError> {
-    if job.hires.is_some() {
-        return Err(JobError::Unsupported("hires fix is not available in this build yet".into()));
-    }
+    let mut inpaint = None;
+    let mut resize_mode = 0;
     let init = match (&job.mode, &job.img2img) {
         (GenerationMode::Img2Img, Some(i)) => {
-            if i.mask.is_some() {
-                return Err(JobError::Unsupported("inpainting is not available in this build yet".into()));
-            }
-            if i.init_images.iter().any(|im| im.width != job.width || im.height != job.height) {
-                return Err(JobError::Unsupported(
-                    "init images must have the requested width and height (resizing is not available yet)"
-                        .into(),
-                ));
+            resize_mode = i.resize_mode;
+            inpaint = i.mask.as_ref().map(|m| InpaintSpec {
+                mask: Pixels::new(m.width, m.height, 1, m.luma.clone()),
+                mask_blur_x: i.mask_blur_x,
+                mask_blur_y: i.mask_blur_y,
+                mask_round: i.mask_round,
+                fill: i.inpainting_fill,
+                full_res: i.inpaint_full_res,
+                full_res_padding: i.inpaint_full_res_padding,
+                invert: i.inpainting_mask_invert,
+            });
+            if let Some(m) = i.mask.as_ref() {
+                if i.inpainting_fill == 0 {
+                    return Err(JobError::Unsupported(
+                        "masked content 'fill' (inpainting_fill 0) is not available in this build; use original, \
+                         latent noise or latent nothing"
+                            .into(),
+                    ));
+                }
+                if model.config.unet.in_channels != 4 {
+                    return Err(JobError::Unsupported(
+                        "inpainting models (9-channel UNets) are not supported yet".into(),
+                    ));
+                }
+                let first = &i.init_images[0];
+                if i.inpaint_full_res && (m.width, m.height) != (first.width, first.height) {
+                    return Err(JobError::Invalid(format!(
+                        "the mask is {}x{} but the init image is {}x{}; \"only masked\" needs them equal",
+                        m.width, m.height, first.width, first.height
+                    )));
+                }
             }
             let images = i
                 .init_images
@@ -69,10 +95,45 @@ pub fn generate(
         }
         _ => None,
     };
-    let embedding_files: Vec<std::path::PathBuf> = std::fs::read_dir(&job.embeddings_dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
-        .unwrap_or_default();
-    let text = TextEncoders::new(model, &embedding_files)?;
+    let hires = job.hires.as_ref().map(|h| {
+        let (w, h_) = (job.width as i64, job.height as i64);
+        let (tw, th) = (h.target_width as i64, h.target_height as i64);
+        // A1111's hr_upscale_to_x/y: with both resize sizes, scale to cover the target and let
+        // the second pass crop the latent.
+        let (up_w, up_h) = if h.crop_to_target {
+            if (w as f64 / h_ as f64) < (tw as f64 / th as f64) {
+                (tw, tw * h_ / w)
+            } else {
+                (th * w / h_, th)
+            }
+        } else {
+            (tw, th)
+        };
+        HiresSpec {
+            upscale_to_width: up_w,
+            upscale_to_height: up_h,
+            target_width: tw,
+            target_height: th,
+            upscaler: h.upscaler.clone(),
+            steps: h.steps as usize,
+            sampler_name: h.sampler.clone(),
+            scheduler: Some(h.scheduler.clone()),
+            prompts: h.prompts.clone(),
+            negative_prompts: h.negative_prompts.clone(),
+            denoising_strength: h.denoising_strength,
+        }
+    });
+    if let Some(h) = &hires {
+        if LatentUpscale::from_name(&h.upscaler).is_none()
+            && !["None", "Lanczos", "Nearest"].contains(&h.upscaler.as_str())
+        {
+            return Err(JobError::Unsupported(format!(
+                "the {} upscaler is not available in this build",
+                h.upscaler
+            )));
+        }
+    }
+    let text = text_encoders(model, &job.embeddings_dir)?;
     let settings = &job.sampler_settings;
     let spec = Txt2ImgSpec {
         prompts: job.prompts.clone(),
@@ -99,8 +160,12 @@ pub fn generate(
         pad_cond_uncond: false,
         uni_pc: UniPcOptions::default(),
         init,
+        resize_mode,
+        inpaint,
+        hires,
     };
-    hooks.set_job_count(job.n_iter);
+    // The hires pass counts as a job of its own in A1111's progress.
+    hooks.set_job_count(job.n_iter * if spec.hires.is_some() { 2 } else { 1 });
     let mut batch_no = 0;
     let steps = job.steps as usize;
     let cell = std::cell::RefCell::new(hooks);
@@ -125,7 +190,8 @@ pub fn generate(
         h.end_batch();
         h.interrupted()
     };
-    let generated = txt2img(model, &text, &spec, &mut on_step, &mut stop_after_batch)?;
+    let lora_dir = (!job.disable_extra_networks).then_some(job.lora_dir.as_path());
+    let generated = txt2img_with_loras(model, &text, &spec, lora_dir, &mut on_step, &mut stop_after_batch)?;
     Ok(generated
         .into_iter()
         .map(|g| {
@@ -161,6 +227,10 @@ pub fn generate(
             if settings.randn_source != "GPU" {
                 info.rng = Some(settings.randn_source.clone());
             }
+            if job.infotext.lora_add_hashes && !g.lora_hashes.is_empty() {
+                let hashes: Vec<String> = g.lora_hashes.iter().map(|(n, h)| format!("{n}: {h}")).collect();
+                info.push_extra("Lora hashes", hashes.join(", ").as_str());
+            }
             if job.infotext.add_version {
                 info.version = Some(job.infotext.version.clone());
             }
@@ -176,4 +246,47 @@ pub fn generate(
             }
         })
         .collect())
+}
+
+/// What the cached text encoders were built for: the model (its text-encoder width; embeddings
+/// of another width are skipped) and every embedding file with its size and modification time,
+/// so added, removed or replaced files are picked up on the next job.
+#[derive(PartialEq)]
+struct TextKey {
+    width: i64,
+    files: Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>,
+}
+
+thread_local! {
+    /// Building the tokenizer and reading the embeddings costs tens of milliseconds per job; the
+    /// engine thread keeps the last set (tensors never leave this thread).
+    static TEXT_ENCODERS: std::cell::RefCell<Option<(TextKey, std::rc::Rc<TextEncoders>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn text_encoders(
+    model: &StableDiffusion,
+    embeddings_dir: &std::path::Path,
+) -> Result<std::rc::Rc<TextEncoders>, JobError> {
+    let mut files: Vec<_> = std::fs::read_dir(embeddings_dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let meta = e.metadata().ok().filter(|m| m.is_file())?;
+                    Some((e.path(), meta.len(), meta.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let key = TextKey { width: model.config.clip.hidden, files };
+    if let Some(cached) =
+        TEXT_ENCODERS.with_borrow(|c| c.as_ref().filter(|(k, _)| *k == key).map(|(_, t)| t.clone()))
+    {
+        return Ok(cached);
+    }
+    let paths: Vec<_> = key.files.iter().map(|(p, _, _)| p.clone()).collect();
+    let text = std::rc::Rc::new(TextEncoders::new(model, &paths)?);
+    TEXT_ENCODERS.with_borrow_mut(|c| *c = Some((key, text.clone())));
+    Ok(text)
 }

@@ -6,11 +6,16 @@
 //! - [`lists`]: the model, sampler, scheduler and upscaler lists and their refresh routes.
 //! - [`system`]: progress, interrupt and skip, checkpoint unload and reload, png-info, extras,
 //!   interrogate, memory, flags, scripts, and the documentation routes.
+//! - [`wildcards`]: the wildcard collections and template expansion.
+//!
+//! txt2img and img2img enter through [`crate::scripts`], which expands Dynamic Prompts and
+//! Randomizer Keywords and runs the X/Y/Z plot around [`generate`].
 
 pub mod generate;
 pub mod lists;
 pub mod options;
 pub mod system;
+pub mod wildcards;
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, Route};
@@ -69,6 +74,8 @@ pub const ROUTES: &[RouteDoc] = &[
     doc("GET", "/sdapi/v1/extensions", "Installed extensions"),
     doc("GET", "/sdapi/v1/loras", "LoRAs"),
     doc("POST", "/sdapi/v1/refresh-loras", "Rescan LoRAs"),
+    doc("GET", "/wildcards", "Wildcard collections"),
+    doc("POST", "/wildcards/expand", "Expand a Dynamic Prompts template"),
     doc("GET", "/internal/ping", "Liveness"),
     doc("GET", "/openapi.json", "This API's OpenAPI description"),
     doc("GET", "/docs", "This API's documentation"),
@@ -82,8 +89,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         cfg.service(resource.default_service(web::to(method_not_allowed)).wrap(from_fn(basic_auth)));
     };
     let v1 = |p: &str| format!("/sdapi/v1/{p}");
-    api(cfg, &v1("txt2img"), vec![post().to(generate::txt2img)]);
-    api(cfg, &v1("img2img"), vec![post().to(generate::img2img)]);
+    api(cfg, &v1("txt2img"), vec![post().to(crate::scripts::txt2img)]);
+    api(cfg, &v1("img2img"), vec![post().to(crate::scripts::img2img)]);
     api(cfg, &v1("extra-single-image"), vec![post().to(system::extra_single_image)]);
     api(cfg, &v1("extra-batch-images"), vec![post().to(system::extra_batch_images)]);
     api(cfg, &v1("png-info"), vec![post().to(system::png_info)]);
@@ -118,6 +125,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     api(cfg, &v1("extensions"), vec![get().to(lists::empty_list)]);
     api(cfg, &v1("loras"), vec![get().to(lists::loras)]);
     api(cfg, &v1("refresh-loras"), vec![post().to(lists::refresh_loras)]);
+    api(cfg, "/wildcards", vec![get().to(wildcards::list)]);
+    api(cfg, "/wildcards/expand", vec![post().to(wildcards::expand)]);
 
     let open = |cfg: &mut web::ServiceConfig, path: &str, route: Route| {
         cfg.service(web::resource(path).route(route).default_service(web::to(method_not_allowed)));
