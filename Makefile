@@ -3,7 +3,7 @@
 #   make test   run the whole test suite (CPU)
 ARGS ?=
 
-.PHONY: run test build bootstrap lint bench reference
+.PHONY: run test build bootstrap lint bench bench-daemon reference
 
 bootstrap:
 	@scripts/bootstrap.sh
