@@ -148,11 +148,15 @@ fn fixed_lists_match_a1111_tables() {
         json!([{"name": "noir", "prompt": "{prompt}, noir", "negative_prompt": "color"}])
     );
     let scripts = d.get_json("/sdapi/v1/scripts").unwrap();
-    assert_eq!(scripts["txt2img"], json!(["refiner", "sampler", "seed"]));
+    assert_eq!(
+        scripts["txt2img"],
+        json!(["x/y/z plot", "refiner", "sampler", "seed", "dynamic prompts v2.17.1"])
+    );
     assert!(!scripts["txt2img"].as_array().unwrap().contains(&json!("controlnet m2m")));
     let info = d.get_json("/sdapi/v1/script-info").unwrap();
-    assert_eq!(info.as_array().unwrap().len(), 6);
-    assert_eq!(info[0], json!({"name": "refiner", "is_alwayson": true, "is_img2img": false, "args": []}));
+    assert_eq!(info.as_array().unwrap().len(), 10);
+    assert_eq!(info[0], json!({"name": "x/y/z plot", "is_alwayson": false, "is_img2img": false, "args": []}));
+    assert_eq!(info[1], json!({"name": "refiner", "is_alwayson": true, "is_img2img": false, "args": []}));
 
     let flags = d.get_json("/sdapi/v1/cmd-flags").unwrap();
     assert_eq!((flags["api"].clone(), flags["port"].clone()), (json!(true), json!(7860)));

@@ -387,8 +387,21 @@ pub async fn cmd_flags(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /scripts`: the always-on scripts whose API arguments are accepted (and, as in A1111,
 /// ignored in favour of the top-level fields). No selectable scripts exist.
+/// Scripts a request can select by `script_name` (A1111 lists them with the always-on ones).
+const SELECTABLE_SCRIPTS: &[&str] = &["x/y/z plot"];
+/// Always-on scripts that are extensions in A1111 and built in here, listed so that clients
+/// detecting them by name find them.
+const EXTENSION_SCRIPTS: &[&str] = &["dynamic prompts v2.17.1"];
+
+fn script_names() -> impl Iterator<Item = (&'static str, bool)> {
+    SELECTABLE_SCRIPTS
+        .iter()
+        .map(|n| (*n, false))
+        .chain(BUILTIN_ALWAYSON_SCRIPTS.iter().chain(EXTENSION_SCRIPTS).map(|n| (*n, true)))
+}
+
 pub async fn scripts() -> HttpResponse {
-    let names: Vec<String> = BUILTIN_ALWAYSON_SCRIPTS.iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = script_names().map(|(n, _)| n.to_string()).collect();
     HttpResponse::Ok().json(ScriptsList { txt2img: names.clone(), img2img: names })
 }
 
@@ -396,9 +409,9 @@ pub async fn script_info() -> HttpResponse {
     let info: Vec<ScriptInfo> = [false, true]
         .into_iter()
         .flat_map(|is_img2img| {
-            BUILTIN_ALWAYSON_SCRIPTS.iter().map(move |name| ScriptInfo {
+            script_names().map(move |(name, is_alwayson)| ScriptInfo {
                 name: name.to_string(),
-                is_alwayson: true,
+                is_alwayson,
                 is_img2img,
                 args: Vec::new(),
             })
