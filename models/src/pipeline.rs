@@ -16,7 +16,6 @@ use crate::sampling::brownian::{BrownianTreeNoise, SeededNormal};
 use crate::sampling::denoiser::CompVisDenoiser;
 use crate::sampling::noise::NoiseSource;
 use crate::sampling::schedule::DiscreteSchedule;
-use crate::sampling::timestep::CFGPP_SCALE_MULTIPLIER;
 use crate::sampling::{
     sample, Control, Model, ModelInput, SamplerCtx, SamplerKind, SamplerParams, SamplingPlan,
     ScheduleOptions, SchedulerKind, StepInfo,
@@ -265,12 +264,8 @@ impl StableDiffusion {
             let u = predict(&uncond, &x_in.narrow(0, n_cond, b), &s_in.narrow(0, n_cond, b));
             Tensor::cat(&[a, u], 0)
         };
-        // combine_denoised: uncond + Σ (cond − uncond) · (weight · cfg), per image. DDIM CFG++
-        // scales the guidance down (A1111's `cond_scale_multiplier`).
-        let cfg_scale = match p.sampler {
-            SamplerKind::DdimCfgPp => p.cfg_scale * CFGPP_SCALE_MULTIPLIER,
-            _ => p.cfg_scale,
-        };
+        // combine_denoised: uncond + Σ (cond − uncond) · (weight · cfg), per image.
+        let cfg_scale = p.cfg_scale * p.sampler.cfg_scale_multiplier();
         let out_uncond = x_out.narrow(0, n_cond, b);
         let guided = out_uncond.copy();
         let mut index = 0;

@@ -270,6 +270,15 @@ impl SamplerKind {
         }
     }
 
+    /// The factor A1111 applies to the CFG scale for this sampler (`cond_scale_multiplier`):
+    /// DDIM CFG++ guides with `cfg / 12.5`, every other sampler with `cfg`.
+    pub fn cfg_scale_multiplier(self) -> f64 {
+        match self {
+            SamplerKind::DdimCfgPp => timestep::CFGPP_SCALE_MULTIPLIER,
+            _ => 1.0,
+        }
+    }
+
     /// A1111's timestep samplers, which ignore the scheduler.
     pub fn is_timestep_sampler(self) -> bool {
         self.denoiser() == DenoiserKind::Timestep
