@@ -77,7 +77,7 @@ impl TestDaemon {
             }))
         });
         let daemon = TestDaemon { base, data_dir, server: Some(server), stop: Some(stop) };
-        for _ in 0..600 {
+        for _ in 0..2400 {
             if ureq::get(&format!("{}/internal/ping", daemon.base)).call().is_ok() {
                 return Ok(daemon);
             }
@@ -91,7 +91,7 @@ impl TestDaemon {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        anyhow::bail!("daemon did not answer within 30 s")
+        anyhow::bail!("daemon did not answer within 120 s")
     }
 
     /// Stops the daemon, waits for it (engine thread included) and hands back its data folder.
