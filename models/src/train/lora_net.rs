@@ -12,7 +12,7 @@
 //! target is the very tensor the module holds (the checkpoint's parameter registry shares its
 //! `TensorImpl`), so the forward sees the adapted weight and backward carries `∂L/∂W` through the
 //! copy to `up` and `down`. The frozen originals `W₀` are kept as copies and written back by
-//! [`LoraNetwork::restore`] (also on drop).
+//! [`LoraNetwork::restore`] (also on drop, when the model still holds injected weights).
 //!
 //! For every target kind this is the same linear map as kohya's forward: a Linear's
 //! `W x + s·B(A x) = (W + s·BA) x`; a k×k conv followed by a 1×1 conv is one k×k conv with weight
@@ -26,6 +26,7 @@
 //! weights ([`crate::lora`]) would be baked into `W₀`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -95,6 +96,11 @@ impl LoraModule {
         self.alpha / self.rank as f64
     }
 
+    /// The address of the model weight this module adapts, to tell which model it belongs to.
+    pub fn target_data_ptr(&self) -> *mut std::ffi::c_void {
+        self.target.data_ptr()
+    }
+
     /// `(up · down) · scale · multiplier` in the target's shape, fp32.
     pub fn delta(&self, multiplier: f64) -> Tensor {
         let shape = self.original.size();
@@ -109,6 +115,9 @@ pub struct LoraNetwork {
     pub vs: VarStore,
     pub modules: Vec<LoraModule>,
     pub config: LoraConfig,
+    /// Whether the model holds injected weights. Drop restores only then: between steps the
+    /// model may hold inference LoRAs merged by generation, which must not be overwritten.
+    injected: AtomicBool,
 }
 
 impl std::fmt::Debug for LoraNetwork {
@@ -222,7 +231,7 @@ impl LoraNetwork {
                 original,
             });
         }
-        Ok(LoraNetwork { vs, modules, config: cfg.clone() })
+        Ok(LoraNetwork { vs, modules, config: cfg.clone(), injected: AtomicBool::new(false) })
     }
 
     /// Parameter groups as kohya orders them: text encoder first (`te_lr`), then UNet (`unet_lr`).
@@ -252,6 +261,7 @@ impl LoraNetwork {
     /// next forward pass of the model runs with the adapters (see the module docs).
     pub fn inject(&self) {
         let multiplier = self.config.multiplier;
+        self.injected.store(true, Ordering::SeqCst);
         for m in &self.modules {
             let effective =
                 (m.original.to_kind(Kind::Float) + m.delta(multiplier)).to_kind(m.original.kind());
@@ -270,6 +280,7 @@ impl LoraNetwork {
             let _ = t.detach_();
             t.copy_(&m.original);
         }
+        self.injected.store(false, Ordering::SeqCst);
     }
 
     /// kohya's state dict: `<name>.lora_down.weight`, `<name>.lora_up.weight` and a 0-dim
@@ -288,6 +299,8 @@ impl LoraNetwork {
 
 impl Drop for LoraNetwork {
     fn drop(&mut self) {
-        self.restore();
+        if self.injected.load(Ordering::SeqCst) {
+            self.restore();
+        }
     }
 }

@@ -7,28 +7,44 @@
 //!   weighting.
 //! - [`lora_net`]: the trainable LoRA network and how it is injected into the frozen model.
 //! - [`save`]: kohya-format `.safetensors` with `ss_*` metadata and `sshs_*` hashes.
-//! - [`Trainer`] (here): caches latents and token ids, then runs optimizer steps.
+//! - [`bucket`]: kohya's aspect-ratio buckets; [`dataset`]: repeats, regularisation pairing,
+//!   one-bucket batches and per-epoch shuffling, captions; [`plan`]: epochs and steps.
+//! - [`latent_cache`]: one posterior sample per image (and its mirror), cached on disk.
+//! - [`sample_prompt`]: kohya's sample-prompt lines (`--n --w --h --l --s --d`).
+//! - [`TrainSession`]: a run that owns everything but the model, can be saved and resumed;
+//!   [`Trainer`] wraps one around a borrowed model.
 //!
-//! Not here yet: datasets (folder parsing, captions, buckets), gradient accumulation, mixed
-//! precision, dropout variants, sampling during training and TensorBoard logs.
+//! Not here yet: gradient accumulation, dropout variants, caption shuffling and dropout options.
+//! Mixed precision (bf16 autocast on CUDA) needs the frozen weights in bf16 with fp32 LoRA
+//! parameters and a forward-hook path for the adapters (injection rounds `W₀ + ΔW` to the weight
+//! dtype); gradient checkpointing needs recomputation points in the UNet and CLIP blocks.
 
+pub mod bucket;
+pub mod dataset;
+pub mod latent_cache;
 pub mod lora_net;
 pub mod loss;
 pub mod optim;
+pub mod plan;
+pub mod sample_prompt;
 pub mod save;
 pub mod schedule;
+pub mod session;
 
-use tch::{Device, Kind, Tensor};
+pub use session::TrainSession;
+
+use std::path::PathBuf;
+
+use tch::Tensor;
 
 use crate::checkpoint::StableDiffusion;
-use crate::clip::tokenizer::{ClipTokenizer, EOS};
+use crate::clip::tokenizer::ClipTokenizer;
 use crate::error::{Error, Result};
-use crate::pipeline::SD1_LATENT_SCALE;
 
 use lora_net::{LoraConfig, LoraNetwork};
-use loss::{LossWeighting, NoiseSchedule};
+use loss::LossWeighting;
 use optim::{Optimizer, OptimizerConfig};
-use schedule::{LrSchedule, LrScheduleKind};
+use schedule::LrScheduleKind;
 
 /// Training errors share one constructor so they read alike (`training: …`).
 pub(crate) fn train_error(message: String) -> Error {
@@ -38,11 +54,28 @@ pub(crate) fn train_error(message: String) -> Error {
 /// One training image.
 #[derive(Debug)]
 pub struct TrainImage {
-    /// `[3, H, W]` in [−1, 1]; every image of a run has the same size (no buckets yet).
+    /// `[3, H, W]` in [−1, 1], already resized and cropped to its bucket ([`bucket::assign_bucket`]);
+    /// images of different sizes fall in different buckets.
     pub pixels: Tensor,
     pub caption: String,
     /// A regularisation image: its loss is scaled by `prior_loss_weight`.
     pub is_reg: bool,
+    /// Times the image is seen per epoch (kohya's folder repeats). For regularisation images this
+    /// is the folder's value; the run pairs them with the train total as kohya does
+    /// ([`dataset::pair_regularisation`]).
+    pub repeats: u32,
+}
+
+impl TrainImage {
+    /// An image seen once per epoch.
+    pub fn new(pixels: Tensor, caption: impl Into<String>, is_reg: bool) -> Self {
+        TrainImage { pixels, caption: caption.into(), is_reg, repeats: 1 }
+    }
+
+    pub fn with_repeats(mut self, repeats: u32) -> Self {
+        self.repeats = repeats;
+        self
+    }
 }
 
 /// The run's settings; defaults follow sd-scripts except where noted.
@@ -68,8 +101,12 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     pub min_timestep: i64,
     pub max_timestep: i64,
-    /// Seeds libtorch's global generator at the start (LoRA init, latent sampling, noise, order).
+    /// The run's seed: LoRA init, latent samples, and (per batch) noise, timesteps, flips and order.
     pub seed: i64,
+    /// `--flip_aug`: each sample is mirrored with p = 0.5 per fetch; both latents are cached.
+    pub flip_aug: bool,
+    /// `--cache_latents_to_disk` with this folder; `None` caches in memory only.
+    pub latent_cache_dir: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -91,6 +128,8 @@ impl Default for TrainConfig {
             min_timestep: 0,
             max_timestep: loss::TRAIN_TIMESTEPS,
             seed: 0,
+            flip_aug: false,
+            latent_cache_dir: None,
         }
     }
 }
@@ -100,6 +139,8 @@ impl Default for TrainConfig {
 pub struct StepRecord {
     /// `global_step` after the step (1-based).
     pub step: u64,
+    /// The epoch the step's batch belongs to (1-based).
+    pub epoch: u64,
     /// `loss/current`.
     pub loss: f64,
     /// `lr/unet`: the scheduled lr of the next step (`get_last_lr()` after `scheduler.step()`).
@@ -120,22 +161,11 @@ pub struct FixedBatch {
     pub is_reg: Vec<bool>,
 }
 
-/// Runs training steps on a loaded model. The model's weights are modified in place while the
-/// trainer lives and restored when it is dropped (or by [`Trainer::finish`]).
+/// Runs training steps on a loaded model it borrows: a [`TrainSession`] tied to one model. The
+/// model's weights are restored after every step (and by [`Trainer::finish`]).
 pub struct Trainer<'a> {
     sd: &'a StableDiffusion,
-    config: TrainConfig,
-    network: LoraNetwork,
-    optimizer: Optimizer,
-    schedule: LrSchedule,
-    noise: NoiseSchedule,
-    /// Cached scaled latents `[1, 4, h, w]` (one posterior sample each, as kohya's cache).
-    latents: Vec<Tensor>,
-    ids: Vec<Tensor>,
-    is_reg: Vec<bool>,
-    order: Vec<usize>,
-    cursor: usize,
-    step: u64,
+    session: TrainSession,
 }
 
 impl<'a> Trainer<'a> {
@@ -146,165 +176,45 @@ impl<'a> Trainer<'a> {
         images: &[TrainImage],
         config: TrainConfig,
     ) -> Result<Self> {
-        if images.is_empty() {
-            return Err(train_error("no training images".into()));
-        }
-        if config.batch_size == 0 {
-            return Err(train_error("batch size must be at least 1".into()));
-        }
-        tch::manual_seed(config.seed);
-        let device = sd.placement.device;
-        let res_blocks = sd.config.unet.num_res_blocks as usize;
-        let network = LoraNetwork::new(&sd.params, res_blocks, &config.network, device)?;
-        let te_lr = config.text_encoder_lr.unwrap_or(config.learning_rate);
-        let unet_lr = config.unet_lr.unwrap_or(config.learning_rate);
-        let groups = network.param_groups(te_lr, unet_lr);
-        if groups.is_empty() {
-            return Err(train_error("every parameter group has lr 0: nothing to train".into()));
-        }
-        let optimizer = Optimizer::new(config.optimizer.clone(), groups);
-        let schedule = LrSchedule::new(
-            config.scheduler,
-            config.warmup_steps,
-            config.max_train_steps,
-            config.learning_rate,
-        )?;
-
-        let (latents, ids) = tch::no_grad(|| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-            let mut latents = Vec::with_capacity(images.len());
-            let mut ids = Vec::with_capacity(images.len());
-            for img in images {
-                let x = img.pixels.unsqueeze(0).to_device(device);
-                let (mean, logvar) = sd.vae.encode(&x);
-                let sample = &mean + (&logvar * 0.5).exp() * mean.randn_like();
-                latents.push(sample.to_kind(Kind::Float) * SD1_LATENT_SCALE);
-                let tokens = tokenizer.encode_framed(&img.caption, EOS);
-                ids.push(Tensor::from_slice(&tokens).unsqueeze(0).to_device(device));
-            }
-            Ok((latents, ids))
-        })?;
-        let shape = latents[0].size();
-        if let Some(bad) = latents.iter().position(|l| l.size() != shape) {
-            return Err(train_error(format!(
-                "image {bad} has latent shape {:?}, image 0 {shape:?}: all images must share one size",
-                latents[bad].size()
-            )));
-        }
-        Ok(Trainer {
-            sd,
-            network,
-            optimizer,
-            schedule,
-            noise: NoiseSchedule::sd1(),
-            is_reg: images.iter().map(|i| i.is_reg).collect(),
-            latents,
-            ids,
-            order: Vec::new(),
-            cursor: 0,
-            step: 0,
-            config,
-        })
+        Ok(Trainer { sd, session: TrainSession::new(sd, tokenizer, images, config)? })
     }
 
     pub fn network(&self) -> &LoraNetwork {
-        &self.network
+        self.session.network()
     }
 
     pub fn optimizer(&self) -> &Optimizer {
-        &self.optimizer
+        self.session.optimizer()
+    }
+
+    pub fn session(&self) -> &TrainSession {
+        &self.session
     }
 
     /// Optimizer steps taken.
     pub fn global_step(&self) -> u64 {
-        self.step
-    }
-
-    /// The next batch's sample indices: consecutive slices of a fresh random permutation each
-    /// epoch (the last slice of an epoch may be short).
-    fn next_indices(&mut self) -> Vec<usize> {
-        if self.cursor >= self.order.len() {
-            let perm = Tensor::randperm(self.latents.len() as i64, (Kind::Int64, Device::Cpu));
-            self.order =
-                Vec::<i64>::try_from(&perm).unwrap_or_default().into_iter().map(|i| i as usize).collect();
-            self.cursor = 0;
-        }
-        let end = (self.cursor + self.config.batch_size).min(self.order.len());
-        let out = self.order[self.cursor..end].to_vec();
-        self.cursor = end;
-        out
+        self.session.global_step()
     }
 
     /// Draws a batch of cached samples with fresh noise and timesteps, without training on it.
     pub fn draw_batch(&mut self) -> Result<FixedBatch> {
-        let idx = self.next_indices();
-        let latents =
-            Tensor::cat(&idx.iter().map(|&i| self.latents[i].shallow_clone()).collect::<Vec<_>>(), 0);
-        let ids = Tensor::cat(&idx.iter().map(|&i| self.ids[i].shallow_clone()).collect::<Vec<_>>(), 0);
-        let mut noise = latents.randn_like();
-        if let Some(offset) = self.config.noise_offset {
-            noise = loss::apply_noise_offset(&noise, offset, &loss::noise_offset_draw(&noise));
-        }
-        let timesteps =
-            loss::sample_timesteps(idx.len() as i64, self.config.min_timestep, self.config.max_timestep)?;
-        Ok(FixedBatch {
-            latents,
-            ids,
-            noise,
-            timesteps,
-            is_reg: idx.iter().map(|&i| self.is_reg[i]).collect(),
-        })
-    }
-
-    /// The weighted batch loss of the model with the network applied (a graph when gradients are
-    /// enabled).
-    fn forward_loss(&self, batch: &FixedBatch) -> Tensor {
-        self.network.inject();
-        let context = self.sd.clip.encode(&batch.ids, self.config.clip_skip);
-        let noisy = self.noise.add_noise(&batch.latents, &batch.noise, &batch.timesteps);
-        let t = batch.timesteps.to_kind(Kind::Float).to_device(noisy.device());
-        let pred = self.sd.unet.forward(&noisy, &t, &context);
-        let per_sample = loss::per_sample_loss(
-            &self.noise,
-            &pred,
-            &batch.noise,
-            &batch.timesteps,
-            &batch.is_reg,
-            &self.config.weighting,
-        );
-        loss::batch_loss(&per_sample)
+        self.session.draw_batch()
     }
 
     /// The loss on `batch` with the current network, without gradients.
     pub fn eval_loss(&self, batch: &FixedBatch) -> f64 {
-        let value = tch::no_grad(|| self.forward_loss(batch).double_value(&[]));
-        self.network.restore();
-        value
+        self.session.eval_loss(self.sd, batch).unwrap_or(f64::NAN)
     }
 
     /// One optimizer step: batch, forward, backward, gradient clip, optimizer and scheduler step.
     pub fn train_step(&mut self) -> Result<StepRecord> {
-        let batch = self.draw_batch()?;
-        let loss = tch::with_grad(|| self.forward_loss(&batch));
-        let value = loss.double_value(&[]);
-        self.optimizer.zero_grad();
-        loss.backward();
-        // The targets hold this step's graph until the next injection; dropping it now frees the
-        // activations' memory early.
-        self.network.restore();
-        if self.config.max_grad_norm > 0.0 {
-            clip_grad_norm(&self.network.parameters(), self.config.max_grad_norm);
-        }
-        self.optimizer.step(self.schedule.factor(self.step))?;
-        self.step += 1;
-        let lr = self.config.unet_lr.unwrap_or(self.config.learning_rate) * self.schedule.factor(self.step);
-        let d_lr = self.optimizer.config().is_adaptive().then(|| self.optimizer.d() * lr);
-        Ok(StepRecord { step: self.step, loss: value, lr, d_lr })
+        self.session.step(self.sd)
     }
 
     /// Runs the remaining steps up to `max_train_steps`, calling `on_step` after each.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepRecord)) -> Result<Vec<StepRecord>> {
         let mut records = Vec::new();
-        while self.step < self.config.max_train_steps {
+        while self.session.global_step() < self.session.config().max_train_steps {
             let r = self.train_step()?;
             on_step(&r);
             records.push(r);
@@ -314,8 +224,7 @@ impl<'a> Trainer<'a> {
 
     /// Restores the model's weights and hands over the trained network.
     pub fn finish(self) -> LoraNetwork {
-        self.network.restore();
-        self.network
+        self.session.into_network()
     }
 }
 

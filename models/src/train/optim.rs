@@ -239,6 +239,83 @@ impl Optimizer {
         self.k
     }
 
+    /// The state needed to continue this optimizer exactly: named tensors (`<prefix>.<group>.<param>.
+    /// <slot>`) and scalars. Floats are stored as their IEEE bit patterns so that a round trip
+    /// through JSON is exact.
+    pub fn export_state(&self, prefix: &str) -> (Vec<(String, Tensor)>, serde_json::Value) {
+        let mut tensors = Vec::new();
+        let mut params = Vec::new();
+        for (gi, group) in self.state.iter().enumerate() {
+            for (pi, st) in group.iter().enumerate() {
+                params.push(serde_json::json!([st.initialised, st.step]));
+                let slots =
+                    [("exp_avg", &st.exp_avg), ("exp_avg_sq", &st.exp_avg_sq), ("s", &st.s), ("p0", &st.p0)];
+                for (slot, t) in slots {
+                    if let Some(t) = t {
+                        tensors.push((
+                            format!("{prefix}.{gi}.{pi}.{slot}"),
+                            t.detach().to_device(tch::Device::Cpu),
+                        ));
+                    }
+                }
+            }
+        }
+        let meta = serde_json::json!({
+            "d": self.d.to_bits(),
+            "d_max": self.d_max.to_bits(),
+            "numerator": self.numerator.to_bits(),
+            "k": self.k,
+            "current_lr": self.current_lr.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
+            "params": params,
+        });
+        (tensors, meta)
+    }
+
+    /// Restores what [`Optimizer::export_state`] wrote into an optimizer built over the same
+    /// parameter groups; `read` returns the stored tensor of a name, if present.
+    pub fn import_state(
+        &mut self,
+        prefix: &str,
+        meta: &serde_json::Value,
+        mut read: impl FnMut(&str) -> Result<Option<Tensor>>,
+    ) -> Result<()> {
+        let bad = |what: &str| train_error(format!("optimizer state: {what}"));
+        let bits = |v: &serde_json::Value| v.as_u64().map(f64::from_bits).ok_or_else(|| bad("bad float"));
+        let params = meta["params"].as_array().ok_or_else(|| bad("no per-parameter state"))?;
+        let count: usize = self.state.iter().map(Vec::len).sum();
+        if params.len() != count {
+            return Err(bad(&format!("{} parameters stored, this network has {count}", params.len())));
+        }
+        let lrs = meta["current_lr"].as_array().ok_or_else(|| bad("no group lrs"))?;
+        if lrs.len() != self.groups.len() {
+            return Err(bad("parameter group count differs"));
+        }
+        let _guard = tch::no_grad_guard();
+        let mut flat = params.iter();
+        for (gi, group) in self.state.iter_mut().enumerate() {
+            for (pi, st) in group.iter_mut().enumerate() {
+                let entry = flat.next().ok_or_else(|| bad("truncated"))?;
+                st.initialised = entry[0].as_bool().ok_or_else(|| bad("bad flag"))?;
+                st.step = entry[1].as_u64().ok_or_else(|| bad("bad step"))?;
+                let device = self.groups[gi].params[pi].device();
+                for (slot, t) in [
+                    ("exp_avg", &mut st.exp_avg),
+                    ("exp_avg_sq", &mut st.exp_avg_sq),
+                    ("s", &mut st.s),
+                    ("p0", &mut st.p0),
+                ] {
+                    *t = read(&format!("{prefix}.{gi}.{pi}.{slot}"))?.map(|v| v.to_device(device));
+                }
+            }
+        }
+        self.d = bits(&meta["d"])?;
+        self.d_max = bits(&meta["d_max"])?;
+        self.numerator = bits(&meta["numerator"])?;
+        self.k = meta["k"].as_u64().ok_or_else(|| bad("bad k"))?;
+        self.current_lr = lrs.iter().map(bits).collect::<Result<_>>()?;
+        Ok(())
+    }
+
     /// Clears every parameter's gradient.
     pub fn zero_grad(&mut self) {
         for g in &mut self.groups {
