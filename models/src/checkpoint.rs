@@ -87,6 +87,68 @@ impl CheckpointConfig {
     }
 }
 
+/// Told how far a checkpoint load has got: the file, tensors read so far and tensors in all.
+pub type LoadProgress = dyn Fn(&Path, usize, usize) + Send + Sync;
+
+static LOAD_PROGRESS: std::sync::OnceLock<Box<LoadProgress>> = std::sync::OnceLock::new();
+
+/// Sets the process-wide observer of [`StableDiffusion::load`] (a terminal progress bar, say).
+/// Only the first call takes effect; returns whether this one did.
+pub fn set_load_progress(observer: Box<LoadProgress>) -> bool {
+    LOAD_PROGRESS.set(observer).is_ok()
+}
+
+/// A source that reports every tensor read to a progress observer. The total is the number of
+/// stored CLIP, UNet and VAE tensors, about what a build reads; completion is reported once the
+/// build has succeeded.
+struct CountingSource<'a> {
+    inner: &'a dyn TensorSource,
+    path: &'a Path,
+    observer: &'a LoadProgress,
+    read: std::cell::Cell<usize>,
+    total: usize,
+}
+
+impl<'a> CountingSource<'a> {
+    fn new(inner: &'a dyn TensorSource, path: &'a Path, observer: &'a LoadProgress) -> Self {
+        let total = inner
+            .names()
+            .iter()
+            .filter(|n| [names::CLIP, names::UNET, names::VAE].iter().any(|p| n.starts_with(p)))
+            .count();
+        observer(path, 0, total);
+        CountingSource { inner, path, observer, read: std::cell::Cell::new(0), total }
+    }
+}
+
+impl CountingSource<'_> {
+    /// Reports completion: a build may skip stored tensors it does not need (`position_ids`).
+    fn finish(&self) {
+        if self.read.get() < self.total {
+            (self.observer)(self.path, self.total, self.total);
+        }
+    }
+}
+
+impl TensorSource for CountingSource<'_> {
+    fn origin(&self) -> &Path {
+        self.inner.origin()
+    }
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+    fn info(&self, name: &str) -> Option<crate::weights::TensorInfo> {
+        self.inner.info(name)
+    }
+    fn read(&self, name: &str) -> Result<Tensor> {
+        let t = self.inner.read(name)?;
+        let done = self.read.get() + 1;
+        self.read.set(done);
+        (self.observer)(self.path, done.min(self.total), self.total);
+        Ok(t)
+    }
+}
+
 /// A loaded SD1.x model: text encoder, UNet and VAE on one device.
 pub struct StableDiffusion {
     pub config: CheckpointConfig,
@@ -102,11 +164,20 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
-    /// Opens, detects and loads the checkpoint at `path`.
+    /// Opens, detects and loads the checkpoint at `path`, reporting each tensor read to the
+    /// observer set by [`set_load_progress`], if any.
     pub fn load(path: &Path, placement: Placement) -> Result<Self> {
         let src = open(path)?;
         let config = CheckpointConfig::detect(src.as_ref())?;
-        Self::build(&Weights::from_source(src.as_ref(), placement), config)
+        match LOAD_PROGRESS.get() {
+            Some(observer) => {
+                let counted = CountingSource::new(src.as_ref(), path, observer.as_ref());
+                let model = Self::build(&Weights::from_source(&counted, placement), config)?;
+                counted.finish();
+                Ok(model)
+            }
+            None => Self::build(&Weights::from_source(src.as_ref(), placement), config),
+        }
     }
 
     /// Builds the components from `weights` (a file's, or random ones) for a known `config`.

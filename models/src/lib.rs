@@ -13,6 +13,7 @@
 //! - [`checkpoint`]: opening a checkpoint in any supported layout and building its components.
 //! - [`device`]: device and compute-dtype policy.
 //! - [`sampling`]: sigma schedules, the CompVis denoiser and every A1111 sampler (k-diffusion maths).
+//! - [`upscale`]: ESRGAN-family pixel upscalers (RRDBNet) and A1111's tiled inference.
 //! - [`upscale_latent`]: hires fix's latent upscale modes (torch `interpolate`).
 //! - [`train`]: kohya-style LoRA training: optimizers, LR schedules, loss weighting, the trainable
 //!   LoRA network, the training loop and kohya-format saving.
@@ -33,6 +34,7 @@ pub mod rng;
 pub mod sampling;
 pub mod train;
 pub mod unet;
+pub mod upscale;
 pub mod upscale_latent;
 pub mod vae;
 pub mod weights;
