@@ -12,7 +12,9 @@ Run from anywhere (CPU only; the whole case list takes about a minute on one cor
 
 Writes (relative to the repository root):
 
-    tests/fixtures/golden/a1111/<case>.safetensors   one file per request case (see all_cases())
+    tests/fixtures/golden/a1111/<case>.safetensors   one file per request case (see all_cases()); the
+                                                     INFOTEXT_CASES also hold `infotexts`, each image's
+                                                     whole infotext (create_infotext)
     tests/fixtures/embeddings/tinyemb.safetensors    kohya-style textual inversion, emb_params [2, 32]
     tests/fixtures/embeddings/tinyptemb.pt           A1111 `Embedding.save` layout, [3, 32]
     tests/fixtures/images/init_32x32.png             img2img init image (RGB, 32x32)
@@ -45,6 +47,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -89,7 +92,7 @@ import torchsde._brownian.brownian_interval  # noqa: E402
 import transformers  # noqa: E402
 from clip.simple_tokenizer import SimpleTokenizer  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image, ImageFilter, ImageOps  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import CLIPTextModel  # noqa: E402
 
@@ -234,6 +237,7 @@ class TokenEmbeddingWithFixes(torch.nn.Module):
 class Embedding:
     name: str
     vec: torch.Tensor  # [n, D] float32
+    shorthash: str = ""  # Embedding.set_hash(hashes.sha256(file))[0:12]
 
     @property
     def vectors(self):
@@ -273,7 +277,7 @@ class EmbeddingDB:
                 vec = vec.unsqueeze(0)
         if vec.shape[-1] != self.expected_dim:  # load_from_file: skipped, not registered
             return
-        self.register(Embedding(path.stem, vec))  # the name is the file stem
+        self.register(Embedding(path.stem, vec, sha256(path)[:12]))  # the name is the file stem
 
     def register(self, emb: Embedding):
         # register_embedding_by_name: keyed by the first token id, candidates longest first
@@ -357,9 +361,14 @@ plain: /([^\\\[\]():|]|\\.)+/
 SCHEDULE_PARSER = lark.Lark(SCHEDULE_GRAMMAR)  # Earley, like A1111
 
 
-def prompt_schedule(prompt: str, steps: int, use_old_scheduling=False):
-    """prompt_parser.get_learned_conditioning_prompt_schedules (first pass, no hires): returns
-    [[end_at_step, text], ...].  A parse error means the prompt is used as is for every step."""
+def prompt_schedule(prompt: str, steps: int, use_old_scheduling=False, hires_steps=None):
+    """prompt_parser.get_learned_conditioning_prompt_schedules: returns [[end_at_step, text], ...].
+    A parse error means the prompt is used as is for every step.  For the hires pass (`hires_steps`
+    given, new scheduling) the schedule spans the hires steps: an integer `when` is counted from the
+    end of the first pass (minus `steps`) and a fractional one from 1.0 (`(when - 1) * hires_steps`)."""
+    int_offset, flt_offset = 0, 0.0
+    if hires_steps is not None and not use_old_scheduling:
+        int_offset, flt_offset, steps = steps, 1.0, hires_steps
     try:
         tree = SCHEDULE_PARSER.parse(prompt)
     except lark.exceptions.LarkError:
@@ -374,7 +383,9 @@ def prompt_schedule(prompt: str, steps: int, use_old_scheduling=False):
             if use_old_scheduling:
                 v = v * steps if v < 1 else v
             elif "." in s:
-                v = v * steps
+                v = (v - flt_offset) * steps
+            else:
+                v = v - int_offset
             when = min(steps, int(v))
             node.children[-2] = when
             if when >= 1:
@@ -483,6 +494,8 @@ class PromptChunk:
 class ClipConditioner:
     def __init__(self, model: TinySD, tokenizer: ClipTokenizer, embeddings: EmbeddingDB, opts):
         self.model, self.tok, self.emb, self.opts = model, tokenizer, embeddings, opts
+        # sd_hijack.model_hijack.extra_generation_params of this request (cleared per request)
+        self.hijack_params: dict = {}
 
     def empty_chunk(self):
         return PromptChunk([BOS] + [EOS] * (CHUNK + 1), [1.0] * (CHUNK + 2), [])
@@ -582,17 +595,30 @@ class ClipConditioner:
             batch_chunks.append(cache[line])
         count = max(len(c) for c in batch_chunks)
         zs = []
+        used = {}
         for i in range(count):
             chunk_row = [c[i] if i < len(c) else self.empty_chunk() for c in batch_chunks]
+            for fixes in [c.fixes for c in chunk_row]:
+                for _pos, emb in fixes:
+                    used[emb.name] = emb
             zs.append(
                 self.process_tokens(
                     [c.tokens for c in chunk_row], [c.multipliers for c in chunk_row], [c.fixes for c in chunk_row]
                 )
             )
+        # textual_inversion_add_hashes_to_infotext (on by default): this call's embeddings first,
+        # then whatever earlier calls of the request wrote
+        hashes = [f"{n.replace(':', '').replace(',', '')}: {e.shorthash}" for n, e in used.items() if e.shorthash]
+        if hashes:
+            if self.hijack_params.get("TI hashes"):
+                hashes.append(self.hijack_params["TI hashes"])
+            self.hijack_params["TI hashes"] = ", ".join(hashes)
+        if any(x for x in texts if "(" in x or "[" in x) and self.opts["emphasis"] != "Original":
+            self.hijack_params["Emphasis"] = self.opts["emphasis"]
         return torch.hstack(zs)
 
 
-def get_learned_conditioning(encoder, prompts, steps, use_old_scheduling=False):
+def get_learned_conditioning(encoder, prompts, steps, use_old_scheduling=False, hires_steps=None):
     """prompt_parser.get_learned_conditioning: one schedule per distinct prompt; all texts of a
     schedule are encoded in one call (this matters for the Original emphasis mean)."""
     res, cache = [], {}
@@ -600,7 +626,7 @@ def get_learned_conditioning(encoder, prompts, steps, use_old_scheduling=False):
         if prompt in cache:
             res.append(cache[prompt])
             continue
-        sched = prompt_schedule(prompt, steps, use_old_scheduling)
+        sched = prompt_schedule(prompt, steps, use_old_scheduling, hires_steps)
         conds = encoder([t for _, t in sched])
         cache[prompt] = [(end, conds[i]) for i, (end, _) in enumerate(sched)]
         res.append(cache[prompt])
@@ -614,9 +640,9 @@ class MultiCond:
     texts: list
 
 
-def get_multicond_learned_conditioning(encoder, prompts, steps, use_old_scheduling=False):
+def get_multicond_learned_conditioning(encoder, prompts, steps, use_old_scheduling=False, hires_steps=None):
     indexes, flat = multicond_prompt_list(prompts)
-    return MultiCond(indexes, get_learned_conditioning(encoder, flat, steps, use_old_scheduling), flat)
+    return MultiCond(indexes, get_learned_conditioning(encoder, flat, steps, use_old_scheduling, hires_steps), flat)
 
 
 def pick(schedule, step):
@@ -1316,8 +1342,28 @@ class Request:
     mask_round: bool = True
     inpainting_fill: int = 0
     inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
+    resize_mode: int = 0
     opts: dict = field(default_factory=dict)
+    # txt2img hires fix (StableDiffusionProcessingTxt2Img fields; sizes from calculate_target_resolution)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_upscale_to_x: int = 0
+    hr_upscale_to_y: int = 0
+    truncate_x: int = 0
+    truncate_y: int = 0
+    # sample_img2img(..., steps=...) as the hires pass calls it: setup_img2img_steps then takes the
+    # img2img_fix_steps branch (steps / strength in total, steps - 1 to run)
+    steps_given: bool = False
 
 
 SUPPORTED_FIELDS = {
@@ -1325,15 +1371,30 @@ SUPPORTED_FIELDS = {
     "batch_size", "n_iter", "steps", "cfg_scale", "width", "height", "eta", "s_min_uncond", "denoising_strength",
     "init_images", "override_settings", "resize_mode", "initial_noise_multiplier", "mask", "mask_blur", "mask_blur_x",
     "mask_blur_y", "mask_round", "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert",
+    "inpaint_full_res_padding", "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name",
+    "hr_scheduler", "hr_prompt", "hr_negative_prompt",
 }  # fmt: skip
+# shared.latent_upscale_modes (interpolate mode, antialias); the API's hr_upscaler default (None) means the
+# latent_upscale_default_mode option, "Latent"
+LATENT_UPSCALE_MODES = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
 
 
 def parse_request(mode, raw):
     unknown = set(raw) - SUPPORTED_FIELDS
     if unknown:
         raise ValueError(f"request fields not handled by this reference: {sorted(unknown)}")
-    if raw.get("resize_mode", 0) != 0:
-        raise ValueError("only resize_mode 0")
+    if raw.get("resize_mode", 0) not in (0, 1, 2, 3):
+        raise ValueError("resize_mode must be 0-3")
+    if raw.get("resize_mode", 0) != 0 and raw.get("mask"):
+        raise ValueError("inpainting cases use resize_mode 0")
     opts = dict(DEFAULT_OPTS)
     for k, v in (raw.get("override_settings") or {}).items():
         if k not in opts:
@@ -1352,27 +1413,168 @@ def parse_request(mode, raw):
               "cfg_scale", "width", "height", "eta", "s_min_uncond", "denoising_strength"):  # fmt: skip
         if raw.get(k) is not None:
             setattr(r, k, raw[k])
+    if mode == "txt2img" and raw.get("enable_hr"):
+        setup_hires(r, raw)
     if mode == "img2img":
+        r.resize_mode = raw.get("resize_mode", 0)
         if r.denoising_strength is None:
             r.denoising_strength = 0.75
         r.init_images = [decode_image(s) for s in raw["init_images"]]
         r.initial_noise_multiplier = raw.get("initial_noise_multiplier")
         if r.initial_noise_multiplier is None:
             r.initial_noise_multiplier = opts["initial_noise_multiplier"]
-        for k in ("mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert"):
+        for k in ("mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert",
+                  "inpaint_full_res_padding"):  # fmt: skip
             if raw.get(k) is not None:
                 setattr(r, k, raw[k])
         if isinstance(raw.get("mask_blur"), int):  # the mask_blur property sets both directions
             r.mask_blur_x = r.mask_blur_y = raw["mask_blur"]
         if raw.get("mask"):
             r.mask = decode_image(raw["mask"], flatten=False)
-            if r.mask_blur_x or r.mask_blur_y:
-                raise ValueError("mask blur (cv2.GaussianBlur) is not reproduced; send mask_blur 0")
-            if r.inpaint_full_res:
-                raise ValueError("inpaint_full_res (only masked) is not reproduced; send false")
-            if r.inpainting_fill == 0:
-                raise ValueError("inpainting_fill 0 (fill) is not reproduced; use 1, 2 or 3")
     return r
+
+
+def setup_hires(r, raw):
+    """StableDiffusionProcessingTxt2Img.init / calculate_target_resolution (opt_f is the tiny VAE's 2)."""
+    r.enable_hr = True
+    for k in ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name",
+              "hr_scheduler", "hr_prompt", "hr_negative_prompt"):  # fmt: skip
+        if raw.get(k) is not None:
+            setattr(r, k, raw[k])
+    if r.denoising_strength is None:
+        # the API's txt2img default is null (base-class default), which 1.10 cannot compare with 0
+        raise ValueError("hires cases send denoising_strength")
+    if r.hr_scheduler is None:
+        r.hr_scheduler = r.scheduler
+    upscaler = r.hr_upscaler if r.hr_upscaler is not None else "Latent"
+    if upscaler not in LATENT_UPSCALE_MODES and upscaler not in PIXEL_UPSCALERS:
+        raise ValueError(f"hr_upscaler {upscaler} is not reproduced")
+    hr_sampler = r.hr_sampler_name or r.sampler_name
+    if hr_sampler not in SAMPLERS or SAMPLERS[hr_sampler][1] is None:
+        raise ValueError(f"hires sampler {hr_sampler} is not reproduced")
+    if r.hr_resize_x == 0 and r.hr_resize_y == 0:
+        r.hr_upscale_to_x, r.hr_upscale_to_y = int(r.width * r.hr_scale), int(r.height * r.hr_scale)
+    elif r.hr_resize_y == 0:
+        r.hr_upscale_to_x, r.hr_upscale_to_y = r.hr_resize_x, r.hr_resize_x * r.height // r.width
+    elif r.hr_resize_x == 0:
+        r.hr_upscale_to_x, r.hr_upscale_to_y = r.hr_resize_y * r.width // r.height, r.hr_resize_y
+    else:
+        if r.width / r.height < r.hr_resize_x / r.hr_resize_y:
+            r.hr_upscale_to_x, r.hr_upscale_to_y = r.hr_resize_x, r.hr_resize_x * r.height // r.width
+        else:
+            r.hr_upscale_to_x, r.hr_upscale_to_y = r.hr_resize_y * r.width // r.height, r.hr_resize_y
+        r.truncate_x = (r.hr_upscale_to_x - r.hr_resize_x) // LATENT_FACTOR
+        r.truncate_y = (r.hr_upscale_to_y - r.hr_resize_y) // LATENT_FACTOR
+
+
+def pixel_upscale(im, scale, upscaler):
+    """modules.upscaler.Upscaler.upscale for the Pillow upscalers (UpscalerLanczos / UpscalerNearest:
+    do_upscale resizes by `scale` with their filter): up to three passes until the target, which is
+    the scaled size rounded down to a multiple of 8, then a LANCZOS fix-up to exactly that size."""
+    dest_w, dest_h = int((im.width * scale) // 8 * 8), int((im.height * scale) // 8 * 8)
+    for i in range(3):
+        if im.width >= dest_w and im.height >= dest_h and (i > 0 or scale != 1):
+            break
+        shape = (im.width, im.height)
+        im = im.resize((int(im.width * scale), int(im.height * scale)), resample=upscaler)
+        if shape == (im.width, im.height):
+            break
+    if im.width != dest_w or im.height != dest_h:
+        im = im.resize((int(dest_w), int(dest_h)), resample=Image.LANCZOS)
+    return im
+
+
+def resize_image(resize_mode, im, width, height, upscaler_name=None):
+    """images.resize_image: 0 just resize, 1 crop and resize (cover, centre), 2+ resize and fill
+    (fit, centre, the empty bands filled with the edge row/column stretched by Pillow's default
+    bicubic resize).  `resize` uses the named Pillow upscaler when enlarging, LANCZOS otherwise (the
+    upscaler_for_img2img option is unset by default, and L images always take LANCZOS)."""
+
+    def resize(im, w, h):
+        if upscaler_name is None or upscaler_name == "None" or im.mode == "L":
+            return im.resize((w, h), resample=Image.LANCZOS)
+        scale = max(w / im.width, h / im.height)
+        if scale > 1.0:
+            im = pixel_upscale(im, scale, PIXEL_UPSCALERS[upscaler_name])
+        if im.width != w or im.height != h:
+            im = im.resize((w, h), resample=Image.LANCZOS)
+        return im
+
+    if resize_mode == 0:
+        return resize(im, width, height)
+    ratio, src_ratio = width / height, im.width / im.height
+    if resize_mode == 1:
+        src_w = width if ratio > src_ratio else im.width * height // im.height
+        src_h = height if ratio <= src_ratio else im.height * width // im.width
+        resized = resize(im, src_w, src_h)
+        res = Image.new("RGB", (width, height))
+        res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+        return res
+    src_w = width if ratio < src_ratio else im.width * height // im.height
+    src_h = height if ratio >= src_ratio else im.height * width // im.width
+    resized = resize(im, src_w, src_h)
+    res = Image.new("RGB", (width, height))
+    res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if ratio < src_ratio:
+        fill_height = height // 2 - src_h // 2
+        if fill_height > 0:
+            res.paste(resized.resize((width, fill_height), box=(0, 0, width, 0)), box=(0, 0))
+            res.paste(resized.resize((width, fill_height), box=(0, resized.height, width, resized.height)),
+                      box=(0, fill_height + src_h))  # fmt: skip
+    elif ratio > src_ratio:
+        fill_width = width // 2 - src_w // 2
+        if fill_width > 0:
+            res.paste(resized.resize((fill_width, height), box=(0, 0, 0, height)), box=(0, 0))
+            res.paste(resized.resize((fill_width, height), box=(resized.width, 0, resized.width, height)),
+                      box=(fill_width + src_w, 0))  # fmt: skip
+    return res
+
+
+def get_crop_region_v2(mask, pad=0):
+    """masking.get_crop_region_v2: the mask's bounding box grown by `pad` (clipped), None if blank."""
+    box = mask.getbbox()
+    if not box:
+        return None
+    x1, y1, x2, y2 = box
+    return (max(x1 - pad, 0), max(y1 - pad, 0), min(x2 + pad, mask.size[0]), min(y2 + pad, mask.size[1])) if pad else box
+
+
+def expand_crop_region(crop_region, processing_width, processing_height, image_width, image_height):
+    """masking.expand_crop_region: grow the short side of the region to the processing aspect ratio,
+    centred, shifted back inside the image."""
+    x1, y1, x2, y2 = crop_region
+    if (x2 - x1) / (y2 - y1) > processing_width / processing_height:
+        diff = int((x2 - x1) / (processing_width / processing_height) - (y2 - y1))
+        y1, y2 = y1 - diff // 2, y2 + diff - diff // 2
+        if y2 >= image_height:
+            y1, y2 = y1 - (y2 - image_height), image_height
+        if y1 < 0:
+            y1, y2 = 0, y2 - y1
+        y2 = min(y2, image_height)
+    else:
+        diff = int((y2 - y1) * (processing_width / processing_height) - (x2 - x1))
+        x1, x2 = x1 - diff // 2, x2 + diff - diff // 2
+        if x2 >= image_width:
+            x1, x2 = x1 - (x2 - image_width), image_width
+        if x1 < 0:
+            x1, x2 = 0, x2 - x1
+        x2 = min(x2, image_width)
+    return x1, y1, x2, y2
+
+
+def masking_fill(image, mask):
+    """masking.fill: the picture with the masked area cut out (premultiplied RGBa, alpha = the
+    inverted mask), Pillow-Gaussian-blurred at radii 256, 64, 16, 4, 2, 0 and alpha-composited onto
+    a transparent canvas 1, 1, 2, 4, 2, 1 times; the result converted to RGB."""
+    canvas = Image.new("RGBA", (image.width, image.height))
+    cut = Image.new("RGBa", (image.width, image.height))
+    cut.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    cut = cut.convert("RGBa")
+    for radius, repeats in [(256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)]:
+        blurred = cut.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            canvas.alpha_composite(blurred)
+    return canvas.convert("RGB")
 
 
 def decode_image(s, flatten=True):
@@ -1398,6 +1600,16 @@ def create_binary_mask(image, round_=True):
         a = image.split()[-1].convert("L")
         return a.point(lambda v: 255 if v > 128 else 0) if round_ else a
     return image.convert("L")
+
+
+def cached(cache, kind, prompts, compute):
+    """StableDiffusionProcessing.get_conds_with_caching within one request: the conds of the last
+    batch are reused when its prompt list (the rest of the key is fixed per request) is the same."""
+    key = list(prompts)
+    if kind in cache and cache[kind][0] == key:
+        return cache[kind][1]
+    cache[kind] = (key, compute())
+    return cache[kind][1]
 
 
 class Pipeline:
@@ -1432,31 +1644,57 @@ class Pipeline:
         return sigmas.cpu()
 
     def prepare_img2img(self, p, batch_size, all_seeds):
-        """StableDiffusionProcessingImg2Img.init for resize_mode 0 and, with a mask, "whole picture"
-        inpainting without blur: binary mask, overlay images, latent mask, masked content.
+        """StableDiffusionProcessingImg2Img.init: resize modes, and with a mask: binary mask, invert,
+        blur, "whole picture" or "only masked" crop, overlay images, masking.fill, latent mask,
+        masked content.
         The VAE encode is sd_samplers_common.images_tensor_to_samples; A1111 takes
         posterior.sample() with the torch *global* generator, whose state depends on what ran before
         in the process; this reference uses the posterior mean (see A1111_REFERENCE.md)."""
         st = {"mask": None, "nmask": None, "overlay_images": None}
-        image_mask = None
+        image_mask, crop_region = None, None
         if p.mask is not None:
             image_mask = create_binary_mask(p.mask, p.mask_round)
             if p.inpainting_mask_invert:
                 image_mask = ImageOps.invert(image_mask)
-            image_mask = image_mask.resize((p.width, p.height), resample=Image.LANCZOS)  # resize_image(0, L image)
-            np_mask = np.clip(np.array(image_mask).astype(np.float32) * 2, 0, 255).astype(np.uint8)
-            mask_for_overlay = Image.fromarray(np_mask)
+            # mask blur: cv2.GaussianBlur along x, then along y, kernel 2 * int(2.5 sigma + 0.5) + 1
+            if p.mask_blur_x > 0:
+                k = 2 * int(2.5 * p.mask_blur_x + 0.5) + 1
+                image_mask = Image.fromarray(cv2.GaussianBlur(np.array(image_mask), (k, 1), p.mask_blur_x))
+            if p.mask_blur_y > 0:
+                k = 2 * int(2.5 * p.mask_blur_y + 0.5) + 1
+                image_mask = Image.fromarray(cv2.GaussianBlur(np.array(image_mask), (1, k), p.mask_blur_y))
+            if p.inpaint_full_res:  # "only masked": the mask's bounding box, widened to the aspect ratio
+                mask_for_overlay = image_mask
+                mask = image_mask.convert("L")
+                crop_region = get_crop_region_v2(mask, p.inpaint_full_res_padding)
+                if crop_region:
+                    crop_region = expand_crop_region(crop_region, p.width, p.height, mask.width, mask.height)
+                    x1, y1, x2, y2 = crop_region
+                    image_mask = resize_image(2, mask.crop(crop_region), p.width, p.height)
+                    st["paste_to"] = (x1, y1, x2 - x1, y2 - y1)
+                else:  # a blank mask: plain img2img
+                    image_mask = mask_for_overlay = None
+            else:
+                image_mask = resize_image(p.resize_mode, image_mask, p.width, p.height)
+                np_mask = np.clip(np.array(image_mask).astype(np.float32) * 2, 0, 255).astype(np.uint8)
+                mask_for_overlay = Image.fromarray(np_mask)
             st["overlay_images"] = []
         imgs = []
         for img in p.init_images:
-            if img.size != (p.width, p.height):  # images.resize_image(0, ...) = LANCZOS resize
-                img = img.resize((p.width, p.height), resample=Image.LANCZOS)
+            if crop_region is None and p.resize_mode != 3:  # resize_mode 3 resizes the latent instead (below)
+                img = resize_image(p.resize_mode, img, p.width, p.height)
             if image_mask is not None:
                 if mask_for_overlay.size != img.size:
                     mask_for_overlay = mask_for_overlay.resize(img.size, resample=Image.LANCZOS)
                 masked = Image.new("RGBa", img.size)
                 masked.paste(img.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask_for_overlay.convert("L")))
                 st["overlay_images"].append(masked.convert("RGBA"))
+            if crop_region is not None:
+                img = resize_image(2, img.crop(crop_region), p.width, p.height)
+            if image_mask is not None:
+                if p.inpainting_fill != 1:  # every masked content but "original" (latent_mask = image_mask)
+                    img = masking_fill(img, image_mask)
+                    st.setdefault("filled", []).append(np.array(img))
             imgs.append(np.moveaxis(np.array(img).astype(np.float32) / 255.0, 2, 0))
         if len(imgs) == 1:
             batch = np.expand_dims(imgs[0], axis=0).repeat(batch_size, axis=0)
@@ -1472,6 +1710,9 @@ class Pipeline:
         lat = [self.model.encode_first_stage(image[i : i + 1]).mean[0] for i in range(image.shape[0])]
         lat = torch.stack(lat) if len(lat) > 1 else lat[0][None]
         init_latent = SCALE_FACTOR * lat
+        if p.resize_mode == 3:
+            size = (p.height // LATENT_FACTOR, p.width // LATENT_FACTOR)
+            init_latent = torch.nn.functional.interpolate(init_latent, size=size, mode="bilinear")
         if image_mask is not None:
             latmask = image_mask.convert("RGB").resize((init_latent.shape[3], init_latent.shape[2]))  # PIL default: bicubic
             latmask = np.moveaxis(np.array(latmask, dtype=np.float32), 2, 0) / 255
@@ -1505,6 +1746,7 @@ class Pipeline:
         total_steps = p.steps * 2 if cfg.get("second_order") else p.steps  # SamplerData.total_steps
         out = {"images": [], "images_before_overlay": [], "noise": [], "latent_final": [], "sigmas": None, "trace": None, "calls": []}
         empty_cond = enc([""])  # sd_models: cond_stage_model_empty_prompt (only for pad_cond_uncond)
+        out["encoder_params"], conds_cache = [], {}
 
         for n in range(p.n_iter):
             sl = slice(n * batch_size, (n + 1) * batch_size)
@@ -1514,8 +1756,10 @@ class Pipeline:
                 o["randn_source"], shape, seeds, subseeds, strength=p.subseed_strength, ensd=o["eta_noise_seed_delta"] or 0
             )
             prompts, _tags = strip_extra_networks(prompts)  # networks themselves are not applied here
-            uc = get_learned_conditioning(enc, negatives, total_steps, o["use_old_scheduling"])
-            c = get_multicond_learned_conditioning(enc, prompts, total_steps, o["use_old_scheduling"])
+            # get_conds_with_caching: a batch whose prompts equal the previous batch's reuses its conds
+            uc = cached(conds_cache, "uc", negatives, lambda: get_learned_conditioning(enc, negatives, total_steps, o["use_old_scheduling"]))
+            c = cached(conds_cache, "c", prompts, lambda: get_multicond_learned_conditioning(enc, prompts, total_steps, o["use_old_scheduling"]))
+            out["encoder_params"] += [list(enc.hijack_params.items())] * len(seeds)  # the batch's infotexts
 
             x = rng.next()  # first draw: initial noise (txt2img) or img2img noise
             out["noise"].append(x.clone())
@@ -1525,6 +1769,10 @@ class Pipeline:
                 samples, den, sig = self.sample(p, cfg_kind, func, cfg, x, c, uc, seeds, init_latent, empty_cond, st)
             if st["mask"] is not None:  # StableDiffusionProcessingImg2Img.sample: final blend
                 samples = samples * st["nmask"] + init_latent * st["mask"]
+            if p.enable_hr:
+                out.setdefault("first_pass_latent", []).append(samples.clone())
+                samples = self.hires_pass(p, enc, samples, n, batch_size, seeds, subseeds, total_steps, empty_cond, out,
+                                          conds_cache)  # fmt: skip
             out["latent_final"].append(samples.clone())
             if n == 0:
                 out["trace"], out["sigmas"] = den.trace, sig
@@ -1538,13 +1786,73 @@ class Pipeline:
                 if ov is not None and i < len(ov):  # apply_overlay (option overlay_inpaint, default on)
                     out["images_before_overlay"].append(arr)
                     im = Image.fromarray(arr).convert("RGBA")
+                    if st.get("paste_to"):  # uncrop: scaled back into its region on a transparent canvas
+                        x, y, w, h = st["paste_to"]
+                        im = Image.new("RGBA", (ov[i].width, ov[i].height))
+                        im.paste(resize_image(1, Image.fromarray(arr), w, h), (x, y))
                     im.alpha_composite(ov[i])
                     arr = np.array(im.convert("RGB"))
                 out["images"].append(arr)
         out["init_latent"] = init_latent
         out["latent_mask"] = st["mask"]
+        out["filled"] = st.get("filled")
         out["all_seeds"], out["all_subseeds"], out["total_steps"] = all_seeds, all_subseeds, total_steps
         return out
+
+    def hires_pass(self, p, enc, samples, n, batch_size, seeds, subseeds, firstpass_steps, empty_cond, out, conds_cache):
+        """StableDiffusionProcessingTxt2Img.sample (the hires part) and sample_hr_pass: upscale the
+        first pass in latent space (interpolate) or in pixels (decode, quantise, resize_image with
+        the upscaler, encode), crop by truncate_x/y, draw the noise from a new ImageRNG over the
+        same seeds, build the hires conditioning (calculate_hr_conds: the hires prompts scheduled
+        over the hires steps) and run sample_img2img with steps = hr_second_pass_steps or steps."""
+        o = p.opts
+        tw, th = p.hr_upscale_to_x, p.hr_upscale_to_y
+        upscaler = p.hr_upscaler if p.hr_upscaler is not None else "Latent"
+        if upscaler in LATENT_UPSCALE_MODES:
+            mode, antialias = LATENT_UPSCALE_MODES[upscaler]
+            size = (th // LATENT_FACTOR, tw // LATENT_FACTOR)
+            samples = torch.nn.functional.interpolate(samples, size=size, mode=mode, antialias=antialias)
+        else:
+            decoded = torch.stack([self.model.decode_first_stage(samples[i : i + 1])[0] for i in range(samples.shape[0])])
+            lowres = torch.clamp((decoded.float() + 1.0) / 2.0, min=0.0, max=1.0)
+            batch = []
+            for x in lowres:
+                arr = (255.0 * np.moveaxis(x.numpy(), 0, 2)).astype(np.uint8)
+                im = resize_image(0, Image.fromarray(arr), tw, th, upscaler_name=upscaler)
+                batch.append(np.moveaxis(np.array(im).astype(np.float32) / 255.0, 2, 0))
+            image = torch.from_numpy(np.array(batch)) * 2 - 1
+            lat = [self.model.encode_first_stage(image[i : i + 1]).mean[0] for i in range(image.shape[0])]
+            samples = SCALE_FACTOR * torch.stack(lat)
+        ty, tx = p.truncate_y, p.truncate_x
+        samples = samples[:, :, ty // 2 : samples.shape[2] - (ty + 1) // 2, tx // 2 : samples.shape[3] - (tx + 1) // 2]
+        hr_sampler = p.hr_sampler_name or p.sampler_name
+        hp = Request(**{**p.__dict__, "mode": "img2img", "sampler_name": hr_sampler, "scheduler": p.hr_scheduler,
+                        "steps": p.hr_second_pass_steps or p.steps, "steps_given": True, "enable_hr": False,
+                        "width": samples.shape[3] * LATENT_FACTOR, "height": samples.shape[2] * LATENT_FACTOR,
+                        "initial_noise_multiplier": 1.0})  # fmt: skip
+        kind, func, cfg = SAMPLERS[hr_sampler]
+        hr_total = hp.steps * 2 if cfg.get("second_order") else hp.steps
+        sl = slice(n * batch_size, (n + 1) * batch_size)
+        hr_prompts = [p.hr_prompt or p.prompt] * (p.batch_size * p.n_iter)
+        hr_negatives = [p.hr_negative_prompt or p.negative_prompt] * (p.batch_size * p.n_iter)
+        prompts, _tags = strip_extra_networks(hr_prompts[sl])
+        uc = cached(conds_cache, "hr_uc", hr_negatives[sl],
+                    lambda: get_learned_conditioning(enc, hr_negatives[sl], firstpass_steps, o["use_old_scheduling"], hr_total))
+        c = cached(conds_cache, "hr_c", prompts,
+                   lambda: get_multicond_learned_conditioning(enc, prompts, firstpass_steps, o["use_old_scheduling"], hr_total))  # fmt: skip
+        rng = rngref.ImageNoise(o["randn_source"], tuple(samples.shape[1:]), seeds, subseeds,
+                                strength=p.subseed_strength, ensd=o["eta_noise_seed_delta"] or 0)  # fmt: skip
+        noise = rng.next()
+        st = {"mask": None, "nmask": None, "overlay_images": None}
+        out.setdefault("hires_init_latent", []).append(samples.clone())
+        out.setdefault("hires_noise", []).append(noise.clone())
+        with SamplingContext(rng, o["randn_source"]):
+            result, den, sig = self.sample(hp, kind, func, cfg, noise, c, uc, seeds, samples, empty_cond, st)
+        if n == 0:
+            out["hires_sigmas"] = sig
+            out["hires_cond_step0"] = den.trace["cond_step0"]
+            out["hires_uncond_step0"] = den.trace["uncond_step0"]
+        return result
 
     def sample(self, p, kind, func, cfg, x, c, uc, seeds, init_latent, empty_cond, st):
         o = p.opts
@@ -1562,7 +1870,7 @@ class Pipeline:
 
         if img2img:
             # sd_samplers_common.setup_img2img_steps
-            if o["img2img_fix_steps"]:
+            if o["img2img_fix_steps"] or p.steps_given:
                 steps = int(p.steps / min(p.denoising_strength, 0.999)) if p.denoising_strength > 0 else 0
                 t_enc = p.steps - 1
             else:
@@ -1633,7 +1941,7 @@ class Pipeline:
         den.mask, den.nmask = st["mask"], st["nmask"]
         steps = p.steps
         if p.mode == "img2img":
-            if o["img2img_fix_steps"]:
+            if o["img2img_fix_steps"] or p.steps_given:
                 steps = int(p.steps / min(p.denoising_strength, 0.999)) if p.denoising_strength > 0 else 0
                 t_enc = p.steps - 1
             else:
@@ -1868,13 +2176,72 @@ def feature_cases():
         case("inpaint_dpmpp_2m_latent_noise", "img2img", prompt=P1, negative_prompt=N1, seed=3009,
              sampler_name="DPM++ 2M", steps=10, denoising_strength=0.75, init_images=["@init"], mask="@mask", mask_blur=0,
              inpaint_full_res=False, inpainting_fill=2),
+        case("inpaint_fill_euler", "img2img", prompt=P1, negative_prompt=N1, seed=3010, sampler_name="Euler", steps=10,
+             denoising_strength=0.75, init_images=["@init"], mask="@mask", mask_blur=0, inpaint_full_res=False,
+             inpainting_fill=0),
+        case("inpaint_blur_euler_a", "img2img", prompt=P1, negative_prompt=N1, seed=3011, sampler_name="Euler a",
+             steps=10, denoising_strength=0.75, init_images=["@init"], mask="@mask", mask_blur=4,
+             inpaint_full_res=False, inpainting_fill=1),
+        case("inpaint_blur_xy_fill", "img2img", prompt=P1, negative_prompt=N1, seed=3012, sampler_name="Euler",
+             steps=10, denoising_strength=0.75, init_images=["@init"], mask="@mask", mask_blur_x=2, mask_blur_y=6,
+             inpaint_full_res=False, inpainting_fill=0),
+        case("inpaint_only_masked", "img2img", prompt=P1, negative_prompt=N1, seed=3013, sampler_name="Euler a",
+             steps=10, denoising_strength=0.75, init_images=["@init"], mask="@mask", mask_blur=2,
+             inpaint_full_res=True, inpaint_full_res_padding=3, inpainting_fill=1, batch_size=2),
+        case("inpaint_only_masked_fill_48x32", "img2img", prompt=P1, negative_prompt=N1, seed=3014, sampler_name="Euler",
+             steps=10, denoising_strength=0.75, init_images=["@init"], mask="@mask", mask_blur=4, width=48, height=32,
+             inpaint_full_res=True, inpaint_full_res_padding=0, inpainting_fill=0),
         case("img2img_prompt_editing", "img2img", prompt=E, negative_prompt=N1, seed=3005, sampler_name="Euler",
              steps=10, denoising_strength=0.6, init_images=["@init"]),
     ]  # fmt: skip
 
 
+def hires_cases():
+    """txt2img + hires fix (32x32 first pass, 6 steps) and img2img resize modes 1-3."""
+    H = dict(prompt=P1, negative_prompt=N1, steps=6, enable_hr=True, denoising_strength=0.6, hr_second_pass_steps=4)
+    HP = "[a photo of a cat:a painting of a dog:1.5] sitting on a [wooden:metal:8] chair"
+    return [
+        case("hires_latent", seed=4000, sampler_name="Euler a", hr_upscaler="Latent", hr_scale=2, **H),
+        case("hires_latent_antialiased", seed=4001, sampler_name="Euler", hr_upscaler="Latent (antialiased)",
+             hr_scale=1.5, **H),
+        case("hires_latent_bicubic", seed=4002, sampler_name="DPM++ 2M", hr_upscaler="Latent (bicubic)", hr_scale=2,
+             **H),
+        case("hires_latent_bicubic_antialiased", seed=4003, sampler_name="Euler", hr_upscaler="Latent (bicubic antialiased)",
+             hr_scale=2, **H),
+        case("hires_latent_nearest", seed=4004, sampler_name="Euler a", hr_upscaler="Latent (nearest)", hr_scale=2,
+             batch_size=2, **H),
+        case("hires_latent_nearest_exact_crop", seed=4005, sampler_name="Euler", hr_upscaler="Latent (nearest-exact)",
+             hr_resize_x=64, hr_resize_y=48, **H),
+        case("hires_default_upscaler_resize_y", seed=4006, sampler_name="Euler", hr_resize_y=48, **H),
+        case("hires_lanczos", seed=4007, sampler_name="Euler a", hr_upscaler="Lanczos", hr_scale=2, batch_size=2, **H),
+        case("hires_nearest_resize_x", seed=4008, sampler_name="Euler", hr_upscaler="Nearest", hr_resize_x=48, **H),
+        case("hires_none_upscaler_crop", seed=4009, sampler_name="Euler", hr_upscaler="None", hr_resize_x=48,
+             hr_resize_y=64, **H),
+        case("hires_sampler_prompt", seed=4010, sampler_name="Euler a", hr_upscaler="Latent", hr_scale=2,
+             hr_sampler_name="DPM++ SDE", hr_scheduler="Karras", hr_prompt=HP, hr_negative_prompt="ugly", **H),
+        case("hires_heun_default_steps", seed=4011, prompt=P1, negative_prompt=N1, steps=4, enable_hr=True,
+             sampler_name="Heun", hr_upscaler="Latent", hr_scale=2, hr_sampler_name="DDIM", denoising_strength=0.75),
+        case("hires_embedding_n_iter2", seed=4012, prompt="a photo of tinyemb on a chair", negative_prompt="blurry",
+             sampler_name="Euler", steps=3, n_iter=2, enable_hr=True, denoising_strength=0.5, hr_scale=1.5,
+             hr_second_pass_steps=2, hr_prompt="a (painting:1.1) of tinyptemb on a chair",
+             override_settings={"emphasis": "Ignore"}),
+        case("img2img_resize_crop_48x32", "img2img", prompt=P1, negative_prompt=N1, seed=4100, sampler_name="Euler",
+             steps=10, denoising_strength=0.6, init_images=["@init"], width=48, height=32, resize_mode=1),
+        case("img2img_resize_crop_32x48", "img2img", prompt=P1, negative_prompt=N1, seed=4101, sampler_name="Euler",
+             steps=10, denoising_strength=0.6, init_images=["@init"], width=32, height=48, resize_mode=1),
+        case("img2img_resize_fill_48x32", "img2img", prompt=P1, negative_prompt=N1, seed=4102, sampler_name="Euler a",
+             steps=10, denoising_strength=0.6, init_images=["@init"], width=48, height=32, resize_mode=2),
+        case("img2img_resize_fill_32x48", "img2img", prompt=P1, negative_prompt=N1, seed=4103, sampler_name="Euler",
+             steps=10, denoising_strength=0.6, init_images=["@init"], width=32, height=48, resize_mode=2),
+        case("img2img_resize_latent_48x32", "img2img", prompt=P1, negative_prompt=N1, seed=4104, sampler_name="Euler",
+             steps=10, denoising_strength=0.6, init_images=["@init"], width=48, height=32, resize_mode=3),
+        case("img2img_resize_latent_64x64", "img2img", prompt=P1, negative_prompt=N1, seed=4105, sampler_name="DPM++ 2M",
+             steps=10, denoising_strength=0.6, init_images=["@init"], width=64, height=64, resize_mode=3),
+    ]  # fmt: skip
+
+
 def all_cases():
-    return k_cases() + feature_cases()
+    return k_cases() + feature_cases() + hires_cases()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1929,6 +2296,131 @@ def versions():
     }  # fmt: skip
 
 
+# Cases whose whole infotext is recorded (`infotexts` in the metadata): hires fix (sampler, scheduler,
+# prompts, steps, upscaler keys), embeddings with emphasis (TI hashes, Emphasis), and inpainting (mask
+# keys). The writer below covers what these cases use; it refuses settings it does not model.
+INFOTEXT_CASES = {
+    "embedding", "hires_sampler_prompt", "hires_default_upscaler_resize_y", "hires_embedding_n_iter2",
+    "hires_latent_bicubic", "hires_heun_default_steps",
+    "inpaint_only_masked", "inpaint_ddim_latent_nothing_invert", "inpaint_blur_xy_fill",
+}  # fmt: skip
+# A1111's defaults for the options create_infotext reads: add_model_hash_to_info,
+# add_model_name_to_info and add_version_to_infotext on; no VAE file, no fp8, no token merging.
+INFOTEXT_VERSION = "v1.10.1"
+
+
+def infotext_quote(text):
+    """generation_parameters_copypaste.quote: JSON-quoted only when it holds ',', ':' or a newline."""
+    text = str(text)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def recorded_schedule_label(sampler, scheduler_label):
+    """The label of the scheduler function KDiffusionSampler.get_sigmas runs (Automatic: the
+    sampler's default), or None when it runs none (the timestep samplers; Automatic without a
+    default). LCM is a KDiffusionSampler too."""
+    kind, _, cfg = SAMPLERS[sampler]
+    if kind == "t":
+        return None
+    name = cfg.get("scheduler") if scheduler_label == "Automatic" else SCHED_BY_KEY[scheduler_label][0]
+    if name is None or name == "automatic":
+        return None
+    return SCHED_BY_KEY[name][1]
+
+
+def create_infotext(p: Request, out, index):
+    """processing.create_infotext for image `index`: the fixed slots, then extra_generation_params in
+    the order A1111 inserts them (txt2img/img2img init: hires or mask keys; setup_conds: the text
+    encoder's keys), then Version."""
+    o = p.opts
+    if p.eta is not None or p.s_min_uncond is not None or o["s_churn"] or o["s_tmin"] or o["s_noise"] != 1.0:
+        raise ValueError("sampler infotext keys are not modelled")
+    if o["eta_noise_seed_delta"] or o["pad_cond_uncond"] or o["use_old_scheduling"] or o["sigma_min"] or o["sigma_max"]:
+        raise ValueError("option infotext keys are not modelled")
+    if p.mode == "img2img" and p.initial_noise_multiplier != 1.0:
+        raise ValueError("Noise multiplier is not modelled")
+    prompt, negative = p.prompt, p.negative_prompt  # all_prompts[index]: styles applied, tags kept
+    extra = {}
+    if p.enable_hr:
+        extra["Denoising strength"] = p.denoising_strength
+        if p.hr_sampler_name is not None and p.hr_sampler_name != p.sampler_name:
+            extra["Hires sampler"] = p.hr_sampler_name
+        hr_prompt, hr_negative = p.hr_prompt or p.prompt, p.hr_negative_prompt or p.negative_prompt
+        extra["Hires prompt"] = hr_prompt if hr_prompt != prompt else None
+        extra["Hires negative prompt"] = hr_negative if hr_negative != negative else None
+        extra["Hires schedule type"] = None  # a placeholder; the hires pass's get_sigmas may set it
+        if p.hr_resize_x == 0 and p.hr_resize_y == 0:
+            extra["Hires upscale"] = float(p.hr_scale)  # the API field is a float
+        else:
+            extra["Hires resize"] = f"{p.hr_resize_x}x{p.hr_resize_y}"
+        if p.hr_second_pass_steps:
+            extra["Hires steps"] = p.hr_second_pass_steps
+        if p.hr_upscaler is not None:
+            extra["Hires upscaler"] = p.hr_upscaler
+    if p.mode == "img2img":
+        extra["Denoising strength"] = p.denoising_strength
+        if p.mask is not None:
+            if p.inpainting_mask_invert:
+                extra["Mask mode"] = "Inpaint not masked"
+            if p.mask_blur_x > 0 or p.mask_blur_y > 0:
+                # the mask_blur property: None (so left out) when the two directions differ
+                extra["Mask blur"] = p.mask_blur_x if p.mask_blur_x == p.mask_blur_y else None
+            if p.inpaint_full_res:  # every case's mask is non-blank, so the crop region exists
+                extra["Inpaint area"] = "Only masked"
+                extra["Masked area padding"] = p.inpaint_full_res_padding
+            if p.inpainting_fill != 1:
+                extra["Masked content"] = ["fill", "original", "latent noise", "latent nothing"][p.inpainting_fill]
+    for key, value in out["encoder_params"][index]:
+        extra[key] = value
+    # KDiffusionSampler.get_sigmas during sampling: the first pass records a schedule other than
+    # Automatic as "Schedule type" (a fixed slot); the hires pass records its own when it differs
+    # from that recorded value.
+    first = recorded_schedule_label(p.sampler_name, p.scheduler)
+    if first is not None:
+        extra["Schedule type"] = first
+    if p.enable_hr:
+        hires = recorded_schedule_label(p.hr_sampler_name or p.sampler_name, p.hr_scheduler)
+        if hires is not None and hires != extra.get("Schedule type"):
+            extra["Hires schedule type"] = hires
+    clip_skip = o["CLIP_stop_at_last_layers"]
+    params = {
+        "Steps": p.steps,
+        "Sampler": p.sampler_name,
+        "Schedule type": p.scheduler,
+        "CFG scale": p.cfg_scale,
+        "Image CFG scale": None,
+        "Seed": out["all_seeds"][index],
+        "Face restoration": None,
+        "Size": f"{p.width}x{p.height}",
+        "Model hash": sha256(SINGLE_FILE)[:10],
+        "Model": SINGLE_FILE.stem,
+        "FP8 weight": None,
+        "Cache FP16 weight for LoRA": None,
+        "VAE hash": None,
+        "VAE": None,
+        "Variation seed": None if p.subseed_strength == 0 else out["all_subseeds"][index],
+        "Variation seed strength": None if p.subseed_strength == 0 else p.subseed_strength,
+        "Seed resize from": None,
+        "Denoising strength": extra.get("Denoising strength"),
+        "Conditional mask weight": None,
+        "Clip skip": None if clip_skip <= 1 else clip_skip,
+        "ENSD": None,
+        "Token merging ratio": None,
+        "Token merging ratio hr": None,
+        "Init image hash": None,
+        "RNG": o["randn_source"] if o["randn_source"] != "GPU" else None,
+        "Tiling": None,
+        **extra,
+        "Version": INFOTEXT_VERSION,
+        "User": None,
+    }
+    line = ", ".join(k if k == v else f"{k}: {infotext_quote(v)}" for k, v in params.items() if v is not None)
+    negative_text = f"\nNegative prompt: {negative}" if negative else ""
+    return f"{prompt}{negative_text}\n{line}".strip()
+
+
 def run_case(pipe: Pipeline, name, mode, req):
     p = parse_request(mode, expand_request(req))
     torch.manual_seed(0)  # nothing should read the global generator; keep it fixed anyway
@@ -1945,6 +2437,13 @@ def run_case(pipe: Pipeline, name, mode, req):
     }
     if out["init_latent"] is not None:
         t["init_latent"] = out["init_latent"]
+    if p.enable_hr:
+        for k in ("first_pass_latent", "hires_init_latent", "hires_noise"):
+            t[k] = torch.cat(out[k])
+        for k in ("hires_sigmas", "hires_cond_step0", "hires_uncond_step0"):
+            t[k] = out[k].to(torch.float32)
+    if out.get("filled"):
+        t["filled_init_image"] = torch.from_numpy(np.stack(out["filled"]))
     if out["latent_mask"] is not None:
         t["latent_keep_mask"] = out["latent_mask"]
         t["images_before_overlay"] = torch.from_numpy(np.stack(out["images_before_overlay"]))
@@ -1967,6 +2466,12 @@ def run_case(pipe: Pipeline, name, mode, req):
         "model_calls_per_batch": out["calls"],
         "opts": p.opts,
     }
+    if p.resize_mode:
+        resolved["resize_mode"] = p.resize_mode
+    if p.enable_hr:
+        resolved["hires"] = {k: getattr(p, k) for k in (
+            "hr_upscaler", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_upscale_to_x", "hr_upscale_to_y", "truncate_x",
+            "truncate_y", "hr_second_pass_steps", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")}  # fmt: skip
     md = {
         "generator": "reference/a1111_reference.py",
         "a1111_version": A1111_VERSION,
@@ -1987,6 +2492,12 @@ def run_case(pipe: Pipeline, name, mode, req):
         "sha256:unet": sha256(DIFFUSERS_DIR / "unet/diffusion_pytorch_model.safetensors"),
         "sha256:embeddings": json.dumps({f.name: sha256(f) for f in sorted(EMB_DIR.iterdir())}, sort_keys=True),
     }
+    if any(out["encoder_params"]):
+        # per image: what the text encoder put in A1111's extra_generation_params (TI hashes, Emphasis)
+        md["infotext_encoder_params"] = json.dumps(out["encoder_params"])
+    if name in INFOTEXT_CASES:
+        # per image: the whole infotext A1111 writes (`info.infotexts`), Version v1.10.1
+        md["infotexts"] = json.dumps([create_infotext(p, out, i) for i in range(images.shape[0])], ensure_ascii=False)
     if mode == "img2img":
         md["sha256:init_image"] = sha256(INIT_IMAGE)
     if req.get("mask") == "@mask":

@@ -305,7 +305,8 @@ pub struct HiresInfo {
     pub prompt: Option<String>,
     /// Hires negative prompt; written only when it differs from the main one.
     pub negative_prompt: Option<String>,
-    /// Hires scheduler label, when it differs from the main one.
+    /// The schedule label the hires pass recorded (`KDiffusionSampler.get_sigmas`), when it
+    /// differs from the one recorded for the first pass.
     pub schedule_type: Option<String>,
     pub size: HiresSize,
     /// `hr_second_pass_steps`; 0 (same as the first pass) is not written.

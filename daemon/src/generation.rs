@@ -16,10 +16,12 @@ use models::lora::{find_network, shorthash, LoraSpec};
 use models::pipeline::{BatchParams, CondSchedule, ImageConds, RgbImage, StepHook};
 use models::upscale_latent::LatentUpscale;
 
+use crate::engine::job::{JobError, RgbImage as JobImage, UpscaleJob, UpscalerModel};
 use crate::images::{
     alpha_composite, gaussian_blur_axis, inpaint_crop_region, overlay_image, resize_image, resize_pil,
     rgb_of, rgba_of, upscale_with, Pixels, Resample,
 };
+use crate::routes::system::run_upscale;
 use models::rng::{NoiseOptions, RandnSource};
 use models::sampling::{SamplerKind, SamplerParams, ScheduleOptions, SchedulerKind, UniPcOptions};
 
@@ -93,8 +95,10 @@ pub struct HiresSpec {
     /// `hr_resize_y` were given (the latent is then centre-cropped).
     pub target_width: i64,
     pub target_height: i64,
-    /// `Latent…` modes or a pixel upscaler (`None`, `Lanczos`, `Nearest`).
+    /// `Latent…` modes or a pixel upscaler (`None`, `Lanczos`, `Nearest`, or a model's name).
     pub upscaler: String,
+    /// The model file when `upscaler` names one (ESRGAN); the pixels then go through it.
+    pub upscaler_model: Option<UpscalerModel>,
     /// `hr_second_pass_steps`; 0 means the first pass's steps.
     pub steps: usize,
     pub sampler_name: String,
@@ -116,6 +120,11 @@ pub struct Generated {
     /// The LoRA networks merged for this image's batch: (name as written in the prompt, A1111
     /// short hash), for the infotext's `Lora hashes`.
     pub lora_hashes: Vec<(String, String)>,
+    /// What A1111's text encoder adds to the infotext (`model_hijack.extra_generation_params`)
+    /// as of this image's batch, in insertion order: `TI hashes` (`"name: hash, …"`, A1111's
+    /// accumulation across encoder calls included) and `Emphasis` (when not Original and a text
+    /// has brackets).
+    pub encoder_params: Vec<(String, String)>,
 }
 
 /// Errors a generation can end with.
@@ -125,12 +134,17 @@ pub enum GenerationError {
     Prompt(#[from] compat::error::PromptError),
     #[error("{0}")]
     Model(#[from] models::Error),
+    /// The hires pass's model upscaler failed (loading or running it).
+    #[error("{0}")]
+    Upscale(#[from] JobError),
 }
 
 /// The text-side state a generation needs besides the model: the tokenizer and the embeddings.
 pub struct TextEncoders {
     pub tokenizer: ClipTokenizer,
     pub embeddings: EmbeddingDb,
+    /// Embedding name → A1111's short hash (first 12 hex digits of the file's sha256).
+    ti_hashes: std::collections::HashMap<String, String>,
 }
 
 impl TextEncoders {
@@ -138,14 +152,53 @@ impl TextEncoders {
     pub fn new(model: &StableDiffusion, embedding_files: &[std::path::PathBuf]) -> models::Result<Self> {
         let tokenizer = ClipTokenizer::new()?;
         let mut loaded = Vec::new();
+        let mut ti_hashes = std::collections::HashMap::new();
         for path in embedding_files {
             match Embedding::load(path) {
-                Ok(e) => loaded.push(Rc::new(e)),
+                Ok(e) => {
+                    match crate::catalog::sha256_file(path) {
+                        Ok(h) => {
+                            ti_hashes.insert(e.name.clone(), h[..12].to_string());
+                        }
+                        Err(err) => {
+                            tracing::warn!(path = %path.display(), cause = %err, "embedding not hashed")
+                        }
+                    }
+                    loaded.push(Rc::new(e));
+                }
                 Err(err) => tracing::warn!(path = %path.display(), cause = %err, "embedding skipped"),
             }
         }
         let embeddings = EmbeddingDb::new(&tokenizer, loaded, model.config.clip.hidden);
-        Ok(TextEncoders { tokenizer, embeddings })
+        Ok(TextEncoders { tokenizer, embeddings, ti_hashes })
+    }
+
+    /// The embeddings one encoder call over `schedule`'s texts uses, in the order A1111's
+    /// `used_embeddings` dict collects them: chunk by chunk, text by text within a chunk.
+    fn embeddings_used(&self, schedule: &[ScheduleEntry], spec: &Txt2ImgSpec) -> Vec<String> {
+        let chunked: Vec<_> = schedule
+            .iter()
+            .map(|entry| {
+                let segments = if spec.emphasis == EmphasisMode::None {
+                    vec![(entry.text.clone(), 1.0)]
+                } else {
+                    parse_attention(&entry.text)
+                };
+                chunk_text(&self.tokenizer, &segments, &self.embeddings, spec.comma_padding_backtrack)
+            })
+            .collect();
+        let most = chunked.iter().map(|c| c.chunks.len()).max().unwrap_or(0);
+        let mut names: Vec<String> = Vec::new();
+        for i in 0..most {
+            for text in &chunked {
+                for (_, emb) in text.chunks.get(i).map_or(&[][..], |c| &c.fixes[..]) {
+                    if !names.contains(&emb.name) {
+                        names.push(emb.name.clone());
+                    }
+                }
+            }
+        }
+        names
     }
 
     /// Encodes one prompt's schedule as A1111 does: all its texts in one batch.
@@ -170,6 +223,104 @@ impl TextEncoders {
         CondSchedule(
             schedule.iter().enumerate().map(|(i, e)| (e.end_at_step, z.narrow(0, i as i64, 1))).collect(),
         )
+    }
+}
+
+/// A1111's `model_hijack.extra_generation_params` over one request, as a fresh process
+/// computes it: every text-encoder call (one per distinct prompt, negatives before positives,
+/// skipped when the batch's prompts equal the previous batch's, as A1111's cond cache does)
+/// prepends the hashes of the embeddings it used to the `TI hashes` string so far, and marks
+/// `Emphasis` when the mode is not Original and a text has `(` or `[`.
+#[derive(Default)]
+struct EncoderParams {
+    entries: Vec<(String, String)>,
+    /// The prompt lists of the last encoded batch, per cache (`uc`, `c`, `hr_uc`, `hr_c`).
+    cache: std::collections::HashMap<&'static str, Vec<String>>,
+}
+
+impl EncoderParams {
+    fn set(&mut self, key: &str, value: String) {
+        match self.entries.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.entries.push((key.to_string(), value)),
+        }
+    }
+
+    /// One `get_conds_with_caching` call: `prompts` is its cache key, `calls` the distinct
+    /// prompts' schedules in encoding order.
+    fn encode(
+        &mut self,
+        cache: &'static str,
+        prompts: Vec<String>,
+        calls: &[&[ScheduleEntry]],
+        text: &TextEncoders,
+        spec: &Txt2ImgSpec,
+    ) {
+        if self.cache.get(cache) == Some(&prompts) {
+            return;
+        }
+        self.cache.insert(cache, prompts);
+        for schedule in calls {
+            let hashes: Vec<String> = text
+                .embeddings_used(schedule, spec)
+                .into_iter()
+                .filter_map(|name| {
+                    let hash = text.ti_hashes.get(&name)?;
+                    Some(format!("{}: {hash}", name.replace([':', ','], "")))
+                })
+                .collect();
+            if !hashes.is_empty() {
+                let mut all = hashes;
+                if let Some((_, before)) = self.entries.iter().find(|(k, _)| k == "TI hashes") {
+                    all.push(before.clone());
+                }
+                self.set("TI hashes", all.join(", "));
+            }
+            let label = match spec.emphasis {
+                EmphasisMode::Original => None,
+                EmphasisMode::NoNorm => Some("No norm"),
+                EmphasisMode::Ignore => Some("Ignore"),
+                EmphasisMode::None => Some("None"),
+            };
+            if let Some(label) = label {
+                if schedule.iter().any(|e| e.text.contains('(') || e.text.contains('[')) {
+                    self.set("Emphasis", label.to_string());
+                }
+            }
+        }
+    }
+
+    /// The encoder calls of one pass of a batch (`cache_prefix` "" or "hr_").
+    fn encode_pass<'p>(
+        &mut self,
+        hires: bool,
+        passes: impl Iterator<Item = (&'p str, &'p str, &'p compat::prompt::PassPrompts)> + Clone,
+        text: &TextEncoders,
+        spec: &Txt2ImgSpec,
+    ) {
+        let (uc_key, c_key) = if hires { ("hr_uc", "hr_c") } else { ("uc", "c") };
+        let mut seen = Vec::new();
+        let mut negatives: Vec<&[ScheduleEntry]> = Vec::new();
+        for (_, negative, pass) in passes.clone() {
+            if !seen.contains(&negative) {
+                seen.push(negative);
+                negatives.push(&pass.negative);
+            }
+        }
+        let keys = passes.clone().map(|(_, n, _)| n.to_string()).collect();
+        self.encode(uc_key, keys, &negatives, text, spec);
+        let mut seen = Vec::new();
+        let mut positives: Vec<&[ScheduleEntry]> = Vec::new();
+        for (_, _, pass) in passes.clone() {
+            for sub in &pass.sub_prompts {
+                if !seen.contains(&sub.text.as_str()) {
+                    seen.push(sub.text.as_str());
+                    positives.push(&sub.schedule);
+                }
+            }
+        }
+        let keys = passes.map(|(p, _, _)| p.to_string()).collect();
+        self.encode(c_key, keys, &positives, text, spec);
     }
 }
 
@@ -287,6 +438,7 @@ pub fn txt2img_with_loras(
     };
     let init = prepared.as_ref().map(|p| p.latents.shallow_clone());
     let mut hashes: std::collections::HashMap<std::path::PathBuf, String> = std::collections::HashMap::new();
+    let mut encoder_params = EncoderParams::default();
     for batch in 0..spec.n_iter {
         let range = batch * spec.batch_size..(batch + 1) * spec.batch_size;
         // Networks change the text encoder too, so they are merged before this batch's prompts
@@ -307,6 +459,28 @@ pub fn txt2img_with_loras(
             .clone()
             .map(|i| conds_for(&spec.prompts[i], &spec.negative_prompts[i], epoch))
             .collect::<Result<Vec<_>, _>>()?;
+        let parsed = range
+            .clone()
+            .map(|i| {
+                parse_prompts(&PromptRequest {
+                    prompt: &spec.prompts[i],
+                    negative_prompt: &spec.negative_prompts[i],
+                    steps: schedule_steps as u32,
+                    hires: None,
+                    use_old_scheduling: false,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        encoder_params.encode_pass(
+            false,
+            range
+                .clone()
+                .zip(&parsed)
+                .map(|(i, p)| (spec.prompts[i].as_str(), spec.negative_prompts[i].as_str(), &p.first_pass)),
+            text,
+            spec,
+        );
+        let batch_encoder_params = encoder_params.entries.clone();
         let params = BatchParams {
             width: spec.width,
             height: spec.height,
@@ -321,6 +495,7 @@ pub fn txt2img_with_loras(
             subseeds: &subseeds[range.clone()],
             conds: &conds,
             init: init.as_ref().map(|t| (t, spec.init.as_ref().map_or(0.0, |(_, d)| *d))),
+            img2img_fix_steps: false,
             pad_cond_uncond: pad_cond_uncond.as_ref().map(|t| t.shallow_clone()),
             mask: prepared.as_ref().and_then(|p| p.masks.as_ref()).map(|(m, n)| (m, n)),
         };
@@ -331,7 +506,17 @@ pub fn txt2img_with_loras(
                 subseeds: &subseeds[range.clone()],
                 noise: &noise,
             };
-            latents = hires_pass(model, text, spec, hires, &latents, range.clone(), &ctx, hook)?;
+            latents = hires_pass(
+                model,
+                text,
+                spec,
+                hires,
+                &latents,
+                range.clone(),
+                &ctx,
+                &mut encoder_params,
+                hook,
+            )?;
         }
         let mut decoded = model.decode_to_rgb(&latents)?;
         if let Some(p) = &prepared {
@@ -345,6 +530,7 @@ pub fn txt2img_with_loras(
                 prompt: spec.prompts[range.start + i].clone(),
                 negative_prompt: spec.negative_prompts[range.start + i].clone(),
                 lora_hashes: lora_hashes.clone(),
+                encoder_params: batch_encoder_params.clone(),
             });
         }
         if stop_after_batch() {
@@ -384,6 +570,45 @@ impl PreparedInit {
         let rgb = rgb_of(&base);
         RgbImage { width: rgb.width, height: rgb.height, data: rgb.data }
     }
+}
+
+/// A1111's `images.resize_image(0, …, upscaler_name)` with a model upscaler: when the target is
+/// larger, `Upscaler.upscale` runs the model (tiled, on this thread, through the same code as
+/// `/extra-single-image`) until the picture covers `int(size·scale)//8·8`, a Lanczos resize
+/// brings it to exactly that size, and a last Lanczos resize gives the target.
+fn upscale_with_model(
+    m: &UpscalerModel,
+    img: &Pixels,
+    width: u32,
+    height: u32,
+    placement: models::device::Placement,
+) -> Result<Pixels, GenerationError> {
+    let scale = (width as f64 / img.width as f64).max(height as f64 / img.height as f64);
+    let mut im = img.clone();
+    if scale > 1.0 {
+        let dest = |size: u32| ((size as f64 * scale) / 8.0).floor() as u32 * 8;
+        let (dest_w, dest_h) = (dest(img.width), dest(img.height));
+        // `Upscaler.upscale` checks the size before each model pass.
+        if im.width < dest_w || im.height < dest_h {
+            let job = UpscaleJob {
+                model: m.path.clone(),
+                images: vec![JobImage { width: im.width, height: im.height, rgb: im.data.clone() }],
+                scale,
+                tile: m.tile,
+                tile_overlap: m.tile_overlap,
+                placement,
+            };
+            let out = run_upscale(&job, &|| false)?.remove(0);
+            im = Pixels::new(out.width, out.height, 3, out.rgb);
+        }
+        if (im.width, im.height) != (dest_w, dest_h) {
+            im = resize_pil(&im, dest_w, dest_h, Resample::Lanczos, None);
+        }
+    }
+    if (im.width, im.height) != (width, height) {
+        im = resize_pil(&im, width, height, Resample::Lanczos, None);
+    }
+    Ok(im)
 }
 
 fn invalid(msg: String) -> GenerationError {
@@ -428,11 +653,6 @@ fn prepare_init(
             mask_for_overlay = Some(Pixels::new(w, h, 1, doubled));
             image_mask = Some(resized);
         }
-        if image_mask.is_some() && ip.fill == 0 {
-            return Err(invalid(
-                "masked content 'fill' (inpainting_fill 0) is not supported; use 1, 2 or 3".into(),
-            ));
-        }
     }
     let mut overlays = Vec::new();
     let mut tensors = Vec::new();
@@ -452,6 +672,13 @@ fn prepare_init(
         if let Some((x1, y1, x2, y2)) = crop_region {
             image = image.crop(x1.max(0) as u32, y1.max(0) as u32, x2 as u32, y2 as u32);
             image = resize_image(2, &image, w, h);
+        }
+        // A1111 smears the masked area for every masked content but "original" (1), also for
+        // latent noise and latent nothing, whose encoded surroundings it changes.
+        if let (Some(m), Some(ip)) = (image_mask.as_ref(), spec.inpaint.as_ref()) {
+            if ip.fill != 1 {
+                image = masking_fill(&image, m);
+            }
         }
         tensors.push(
             tch::Tensor::from_slice(&image.data)
@@ -526,6 +753,147 @@ fn prepare_init(
     Ok(PreparedInit { latents, masks, overlays, paste_to })
 }
 
+/// A1111's `masking.fill`: the picture with the masked area cut out (premultiplied RGBa, alpha
+/// = 255 − mask) is blurred with Pillow's Gaussian blur at radii 256, 64, 16, 4, 2 and 0, and
+/// the blurs are alpha-composited onto a transparent canvas 1, 1, 2, 4, 2 and 1 times, so the
+/// hole fills with the surrounding colours, wide blurs first. `image` is RGB and `mask` an `L`
+/// image of the same size.
+fn masking_fill(image: &Pixels, mask: &Pixels) -> Pixels {
+    let div255 = |a: u32| {
+        let t = a + 128;
+        ((t >> 8) + t) >> 8
+    };
+    // `paste(image as RGBa, mask=invert(mask))` onto zeros: every channel, alpha included, is
+    // blended as `DIV255(v · keep)`.
+    let mut data = Vec::with_capacity(image.data.len() / 3 * 4);
+    for (px, m) in image.data.chunks_exact(3).zip(&mask.data) {
+        let keep = 255 - u32::from(*m);
+        data.extend(px.iter().map(|&c| div255(u32::from(c) * keep) as u8));
+        data.push(div255(255 * keep) as u8);
+    }
+    let masked = Pixels::new(image.width, image.height, 4, data);
+    let mut canvas = Pixels::blank(image.width, image.height, 4);
+    for (radius, repeats) in [(256.0f32, 1), (64.0, 1), (16.0, 2), (4.0, 4), (2.0, 2), (0.0, 1)] {
+        let blurred = unpremultiply(&pil_gaussian_blur(&masked, radius));
+        for _ in 0..repeats {
+            alpha_composite(&mut canvas, &blurred);
+        }
+    }
+    rgb_of(&canvas)
+}
+
+/// Pillow's `RGBa → RGBA` conversion: colours divided by alpha, truncated and clipped.
+fn unpremultiply(img: &Pixels) -> Pixels {
+    let mut out = img.clone();
+    for px in out.data.chunks_exact_mut(4) {
+        let a = u32::from(px[3]);
+        if a != 0 && a != 255 {
+            for c in &mut px[..3] {
+                *c = ((255 * u32::from(*c)) / a).min(255) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Pillow's `GaussianBlur(radius)`: three passes of an extended box blur (fractional radius,
+/// 24-bit fixed-point weights) horizontally, then three vertically, on every channel. The box
+/// radius follows Gwosdek et al. (2011) in single precision, as Pillow computes it.
+fn pil_gaussian_blur(img: &Pixels, radius: f32) -> Pixels {
+    // Three passes each way: the box radius is chosen for that count.
+    let sigma2 = radius * radius / 3.0;
+    let big_l = (12.0 * f64::from(sigma2) + 1.0).sqrt() as f32;
+    let l = ((f64::from(big_l) - 1.0) / 2.0).floor() as f32;
+    let mut a = (2.0 * l + 1.0) * (l * (l + 1.0) - 3.0 * sigma2);
+    a /= 6.0 * (sigma2 - (l + 1.0) * (l + 1.0));
+    let box_radius = l + a;
+    if box_radius == 0.0 {
+        return img.clone();
+    }
+    let (w, h, ch) = (img.width as usize, img.height as usize, img.channels);
+    let mut data = img.data.clone();
+    blur_lines(&mut data, ch, box_radius, h, w, |y| y * w * ch, ch);
+    blur_lines(&mut data, ch, box_radius, w, h, |x| x * ch, w * ch);
+    Pixels::new(img.width, img.height, ch, data)
+}
+
+/// Three box-blur passes over each of `lines` lines of `len` pixels; line `i` starts at byte
+/// `start(i)` and its pixels are `stride` bytes apart (rows, or columns for the vertical passes
+/// that Pillow runs on the transposed image).
+fn blur_lines(
+    data: &mut [u8],
+    ch: usize,
+    radius: f32,
+    lines: usize,
+    len: usize,
+    start: impl Fn(usize) -> usize,
+    stride: usize,
+) {
+    let mut line = vec![0u8; len * ch];
+    for i in 0..lines {
+        for _ in 0..3 {
+            for x in 0..len {
+                let o = start(i) + x * stride;
+                line[x * ch..(x + 1) * ch].copy_from_slice(&data[o..o + ch]);
+            }
+            let blurred = box_blur_line(&line, len, ch, radius);
+            for x in 0..len {
+                let o = start(i) + x * stride;
+                data[o..o + ch].copy_from_slice(&blurred[x * ch..(x + 1) * ch]);
+            }
+        }
+    }
+}
+
+/// One line of Pillow's `ImagingLineBoxBlur`: a running sum over `2r + 1` pixels (edge pixels
+/// repeated beyond the ends) plus the two next-farther pixels at the fractional weight, in
+/// wrapping 32-bit arithmetic as the C code does.
+fn box_blur_line(line: &[u8], len: usize, ch: usize, float_radius: f32) -> Vec<u8> {
+    let radius = float_radius as i64;
+    let ww = (16_777_216.0f32 / (float_radius * 2.0 + 1.0)) as u32;
+    let fw = (16_777_216u32.wrapping_sub(((radius * 2 + 1) as u32).wrapping_mul(ww))) / 2;
+    let n = len as i64;
+    let last = n - 1;
+    let edge_a = (radius + 1).min(n);
+    let edge_b = (n - radius - 1).max(0);
+    let mut out = vec![0u8; line.len()];
+    for c in 0..ch {
+        let px = |x: i64| u32::from(line[x as usize * ch + c]);
+        let mut acc = px(0).wrapping_mul((radius + 1) as u32);
+        for x in 0..edge_a - 1 {
+            acc = acc.wrapping_add(px(x));
+        }
+        acc = acc.wrapping_add(px(last).wrapping_mul((radius - edge_a + 1) as u32));
+        let mut step = |x: i64, sub: i64, add: i64, left: i64, right: i64, acc: &mut u32| {
+            *acc = acc.wrapping_add(px(add)).wrapping_sub(px(sub));
+            let bulk = acc.wrapping_mul(ww).wrapping_add((px(left) + px(right)).wrapping_mul(fw));
+            out[x as usize * ch + c] = (bulk.wrapping_add(1 << 23) >> 24) as u8;
+        };
+        if edge_a <= edge_b {
+            for x in 0..edge_a {
+                step(x, 0, x + radius, 0, x + radius + 1, &mut acc);
+            }
+            for x in edge_a..edge_b {
+                step(x, x - radius - 1, x + radius, x - radius - 1, x + radius + 1, &mut acc);
+            }
+            for x in edge_b..=last {
+                step(x, x - radius - 1, last, x - radius - 1, last, &mut acc);
+            }
+        } else {
+            for x in 0..edge_b {
+                step(x, 0, x + radius, 0, x + radius + 1, &mut acc);
+            }
+            for x in edge_b..edge_a {
+                step(x, 0, last, 0, last, &mut acc);
+            }
+            for x in edge_a..=last {
+                step(x, x - radius - 1, last, x - radius - 1, last, &mut acc);
+            }
+        }
+    }
+    out
+}
+
 /// The per-batch noise inputs the hires pass shares with the first pass.
 struct HiresBatch<'a> {
     seeds: &'a [u64],
@@ -545,6 +913,7 @@ fn hires_pass(
     latents: &tch::Tensor,
     range: std::ops::Range<usize>,
     batch: &HiresBatch,
+    encoder_params: &mut EncoderParams,
     hook: &mut StepHook,
 ) -> Result<tch::Tensor, GenerationError> {
     let f = model.latent_factor();
@@ -555,8 +924,14 @@ fn hires_pass(
             let mut upscaled = Vec::new();
             for im in model.decode_to_rgb(latents)? {
                 let px = Pixels::new(im.width, im.height, 3, im.data);
-                let big = upscale_with(&hires.upscaler, &px, up_w as u32, up_h as u32)
-                    .ok_or_else(|| invalid(format!("hires upscaler {} is not available", hires.upscaler)))?;
+                let big = match &hires.upscaler_model {
+                    Some(m) => upscale_with_model(m, &px, up_w as u32, up_h as u32, model.placement)?,
+                    None => {
+                        upscale_with(&hires.upscaler, &px, up_w as u32, up_h as u32).ok_or_else(|| {
+                            invalid(format!("hires upscaler {} is not available", hires.upscaler))
+                        })?
+                    }
+                };
                 upscaled.push(
                     tch::Tensor::from_slice(&big.data)
                         .reshape([big.height as i64, big.width as i64, 3])
@@ -584,6 +959,7 @@ fn hires_pass(
     let steps = if hires.steps == 0 { spec.steps } else { hires.steps };
     let hr_total = steps * if sampler.options().second_order { 2 } else { 1 };
     let mut conds = Vec::new();
+    let mut passes = Vec::new();
     for i in range.clone() {
         let parsed = parse_prompts(&PromptRequest {
             prompt: &spec.prompts[i],
@@ -605,7 +981,28 @@ fn hires_pass(
                 .collect(),
             negative: text.encode_schedule(model, &pass.negative, spec),
         });
+        passes.push(pass.clone());
     }
+    // The hires prompts as A1111 keys its hires cond cache: empty hires prompts mean the
+    // first-pass ones.
+    let hr_text = |list: &[String], fallback: &[String], i: usize| {
+        list.get(i).filter(|s| !s.is_empty()).unwrap_or(&fallback[i]).clone()
+    };
+    let hr_prompts: Vec<(String, String)> = range
+        .clone()
+        .map(|i| {
+            (
+                hr_text(&hires.prompts, &spec.prompts, i),
+                hr_text(&hires.negative_prompts, &spec.negative_prompts, i),
+            )
+        })
+        .collect();
+    encoder_params.encode_pass(
+        true,
+        hr_prompts.iter().zip(&passes).map(|((p, n), pass)| (p.as_str(), n.as_str(), pass)),
+        text,
+        spec,
+    );
     let pad_cond_uncond = spec.pad_cond_uncond.then(|| {
         let empty = [ScheduleEntry { end_at_step: hr_total as u32, text: String::new() }];
         text.encode_schedule(model, &empty, spec).0.remove(0).1
@@ -624,8 +1021,53 @@ fn hires_pass(
         subseeds: batch.subseeds,
         conds: &conds,
         init: Some((&samples, hires.denoising_strength)),
+        // `sample_hr_pass` passes its steps to `sample_img2img` explicitly.
+        img2img_fix_steps: true,
         pad_cond_uncond,
         mask: None,
     };
     Ok(model.sample_batch(&params, hook)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::weights::safetensors_file::SafetensorsFile;
+    use models::weights::TensorSource;
+
+    fn fixture(rel: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(rel)
+    }
+
+    /// `masking.fill` on the inpainting fixture equals, byte for byte, the filled init image the
+    /// A1111-rules reference encoded (Pillow's blur, premultiplication and composite).
+    #[test]
+    fn masking_fill_matches_reference_bytes() {
+        let init = image::open(fixture("images/init_32x32.png")).unwrap().to_rgb8();
+        let mask = image::open(fixture("images/mask_32x32.png")).unwrap().to_luma8();
+        let init = Pixels::new(init.width(), init.height(), 3, init.into_raw());
+        let mask = Pixels::new(mask.width(), mask.height(), 1, mask.into_raw());
+        let filled = masking_fill(&init, &mask);
+        let golden = SafetensorsFile::open(fixture("golden/a1111/inpaint_fill_euler.safetensors")).unwrap();
+        let expected = golden.read("filled_init_image").unwrap().flatten(0, -1);
+        let mut want = vec![0u8; filled.data.len()];
+        expected.copy_data(&mut want, filled.data.len());
+        assert_eq!(filled.data, want);
+        // The masked area was filled from its surroundings, not left black.
+        assert!(mask
+            .data
+            .iter()
+            .zip(filled.data.chunks_exact(3))
+            .any(|(&m, px)| m == 255 && px != [0, 0, 0]));
+    }
+
+    /// A zero radius leaves the picture unchanged (Pillow copies it); a positive one spreads a
+    /// lone opaque pixel into its transparent neighbours.
+    #[test]
+    fn pil_gaussian_blur_radius_zero_is_identity_and_blurs_otherwise() {
+        let img = Pixels::new(3, 1, 4, vec![0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0]);
+        assert_eq!(pil_gaussian_blur(&img, 0.0).data, img.data);
+        let blurred = pil_gaussian_blur(&img, 2.0);
+        assert!(blurred.data[0] > 0 && blurred.data[4] < 255, "{:?}", blurred.data);
+    }
 }

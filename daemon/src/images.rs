@@ -432,6 +432,9 @@ pub fn resize_pil(
     if width == img.width && height == img.height && b == [0.0, 0.0, w, h] {
         return img.clone();
     }
+    if filter == Resample::Nearest {
+        return resize_nearest(img, width, height, b);
+    }
     let need_h = width != img.width || b[0] != 0.0 || b[2] != width as f64;
     let need_v = height != img.height || b[1] != 0.0 || b[3] != height as f64;
     let h_coeffs = resample_coeffs(img.width as usize, b[0], b[2], width as usize, filter);
@@ -473,6 +476,37 @@ pub fn resize_pil(
         (false, true) => vertical(img),
         (false, false) => img.clone(),
     }
+}
+
+/// Pillow's `NEAREST` resize, which is not a convolution: an affine scaling
+/// (`ImagingScaleAffine`) whose source coordinate starts half a step in and is advanced by
+/// repeated addition, then truncated. The accumulation is kept in `f64` as Pillow does, because
+/// positions that land on whole numbers (32 → 48: 1/3 + 2/3) pick their pixel by its rounding.
+fn resize_nearest(img: &Pixels, width: u32, height: u32, b: [f64; 4]) -> Pixels {
+    let positions = |start: f64, end: f64, out: u32, len: u32| {
+        let step = (end - start) / f64::from(out);
+        let mut at = start + step * 0.5;
+        (0..out)
+            .map(|_| {
+                let i = if at < 0.0 { None } else { Some(at as u32).filter(|&i| i < len) };
+                at += step;
+                i
+            })
+            .collect::<Vec<_>>()
+    };
+    let xs = positions(b[0], b[2], width, img.width);
+    let ys = positions(b[1], b[3], height, img.height);
+    let mut out = Pixels::blank(width, height, img.channels);
+    for (y, sy) in ys.iter().enumerate() {
+        let Some(sy) = sy else { continue };
+        for (x, sx) in xs.iter().enumerate() {
+            let Some(sx) = sx else { continue };
+            let src = img.at(*sx as usize, *sy as usize).to_vec();
+            let o = (y * width as usize + x) * img.channels;
+            out.data[o..o + img.channels].copy_from_slice(&src);
+        }
+    }
+    out
 }
 
 /// A1111's `images.resize_image(resize_mode, im, width, height)` for modes 0 (just resize),

@@ -13,12 +13,14 @@ use compat::api::catalog::LATENT_UPSCALE_MODES;
 use compat::api::options::{default_of, API_RESTRICTED};
 use compat::api::{Img2ImgRequest, Txt2ImgRequest};
 use compat::samplers::{resolve, sampler_by_name, scheduler_by_name_or_label};
+use models::upscale::{ESRGAN_TILE, ESRGAN_TILE_OVERLAP};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::catalog::{CheckpointEntry, Snapshot};
 use crate::engine::job::{
     GenerationJob, GenerationMode, HiresParams, Img2ImgParams, InfotextContext, SamplerSettings,
+    UpscalerModel,
 };
 use crate::engine::JobError;
 use crate::error::ApiError;
@@ -194,12 +196,28 @@ pub fn txt2img(req: &Txt2ImgRequest, ctx: &ValidateContext) -> Result<ValidatedJ
         };
         check_size("hr_resize_x", target_width)?;
         check_size("hr_resize_y", target_height)?;
+        let upscaler_given = req.hr_upscaler.is_some();
         let upscaler = req.hr_upscaler.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "Latent".into());
-        if !LATENT_UPSCALE_MODES.contains(&upscaler.as_str())
-            && !BUILTIN_UPSCALERS.contains(&upscaler.as_str())
+        // Anything but a latent mode or a built-in resampler names a model file of `/upscalers`
+        // (A1111 looks it up in `sd_upscalers` by name).
+        let upscaler_model = if LATENT_UPSCALE_MODES.contains(&upscaler.as_str())
+            || BUILTIN_UPSCALERS.contains(&upscaler.as_str())
         {
-            return Err(ApiError::Runtime(format!("could not find upscaler named {upscaler}")));
-        }
+            None
+        } else {
+            let file = ctx
+                .catalog
+                .find_upscaler(&upscaler)
+                .ok_or_else(|| ApiError::Runtime(format!("could not find upscaler named {upscaler}")))?;
+            let option = |key: &str, default: u32| {
+                v.options.get(key).and_then(Value::as_u64).map_or(default, |n| n as u32)
+            };
+            Some(UpscalerModel {
+                path: file.path.clone(),
+                tile: option("ESRGAN_tile", ESRGAN_TILE),
+                tile_overlap: option("ESRGAN_tile_overlap", ESRGAN_TILE_OVERLAP),
+            })
+        };
         let sampler = match req.hr_sampler_name.as_deref() {
             None | Some("") | Some("Use same sampler") => job.sampler.clone(),
             Some(name) => sampler_by_name(name)
@@ -239,11 +257,19 @@ pub fn txt2img(req: &Txt2ImgRequest, ctx: &ValidateContext) -> Result<ValidatedJ
             target_height,
             crop_to_target: crop,
             scale,
+            resize: match (legacy_target, rx, ry) {
+                (None, 0, 0) => None,
+                (Some(target), _, _) => Some(target),
+                (None, rx, ry) => Some((rx, ry)),
+            },
             upscaler,
+            upscaler_given,
+            upscaler_model,
             steps: match req.hr_second_pass_steps.unwrap_or(0) {
                 n if n > 0 => check_steps("hr_second_pass_steps", n)?,
                 _ => job.steps,
             },
+            second_pass_steps: req.hr_second_pass_steps.unwrap_or(0).max(0) as u32,
             sampler,
             scheduler,
             prompts: if hr_prompt.is_empty() {

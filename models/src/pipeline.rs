@@ -71,6 +71,10 @@ pub struct BatchParams<'a> {
     pub conds: &'a [ImageConds],
     /// img2img: the init latents `[B, 4, h, w]` (already scaled) and the denoising strength.
     pub init: Option<(&'a Tensor, f64)>,
+    /// img2img step count as A1111's `setup_img2img_steps` computes it when steps are given
+    /// explicitly (the hires pass) or option `img2img_fix_steps` is on: `steps` steps are run
+    /// out of a schedule of `steps / strength`, instead of `strength × steps` out of `steps`.
+    pub img2img_fix_steps: bool,
     /// A1111's `pad_cond_uncond` option: the empty prompt's conditioning `[1, 77, C]` to pad the
     /// shorter of cond and uncond with; `None` runs them as separate model calls instead.
     pub pad_cond_uncond: Option<Tensor>,
@@ -127,7 +131,7 @@ impl StableDiffusion {
                 p.scheduler,
                 p.steps,
                 strength,
-                false,
+                p.img2img_fix_steps,
                 &schedule,
                 &p.schedule_options,
             )?,

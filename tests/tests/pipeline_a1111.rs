@@ -1,7 +1,8 @@
 //! txt2img, img2img and inpainting through the whole pipeline (prompt parsing,
 //! conditioning, seeds, samplers, masks, upscaling, decoding)
 //! against the A1111-rules reference (`reference/a1111_reference.py`) on the tiny model: every
-//! pixel within ±2 of what A1111 would return.
+//! pixel within ±2 of what A1111 would return, and the text encoder's infotext keys (`TI hashes`,
+//! `Emphasis`) equal to the reference's.
 
 use std::path::PathBuf;
 
@@ -117,6 +118,7 @@ fn hires_from_request(r: &Value, total: usize) -> Option<HiresSpec> {
         target_width: tw,
         target_height: th,
         upscaler: r["hr_upscaler"].as_str().unwrap_or("Latent").into(),
+        upscaler_model: None,
         steps: r["hr_second_pass_steps"].as_u64().unwrap_or(0) as usize,
         sampler_name: r["hr_sampler_name"]
             .as_str()
@@ -146,6 +148,19 @@ fn run_case(model: &StableDiffusion, text: &TextEncoders, path: &PathBuf) -> Res
     if expected.size()[0] != images.len() as i64 {
         return Err(format!("{} images, expected {}", images.len(), expected.size()[0]));
     }
+    // The text encoder's infotext keys (TI hashes, Emphasis) per image; absent means none.
+    let params: Vec<Vec<(String, String)>> = match golden.metadata().get("infotext_encoder_params") {
+        Some(json) => serde_json::from_str(json).map_err(|e| e.to_string())?,
+        None => vec![Vec::new(); images.len()],
+    };
+    for (i, (generated, want)) in images.iter().zip(&params).enumerate() {
+        if &generated.encoder_params != want {
+            return Err(format!(
+                "image {i}: encoder infotext keys {:?}, expected {want:?}",
+                generated.encoder_params
+            ));
+        }
+    }
     let mut worst = 0;
     for (i, generated) in images.iter().enumerate() {
         let img = &generated.image;
@@ -161,8 +176,8 @@ fn run_case(model: &StableDiffusion, text: &TextEncoders, path: &PathBuf) -> Res
     Ok(worst)
 }
 
-#[test]
-fn txt2img_img2img_and_inpaint_match_a1111_reference_within_two_levels() {
+/// Runs every golden case whose name `select` accepts and fails with the list of mismatches.
+fn check_cases(select: &dyn Fn(&str) -> bool) {
     let model = StableDiffusion::load(&fixture("tiny/tiny-sd15.safetensors"), Placement::cpu()).unwrap();
     let embeddings: Vec<PathBuf> = std::fs::read_dir(fixture("embeddings"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -174,8 +189,11 @@ fn txt2img_img2img_and_inpaint_match_a1111_reference_within_two_levels() {
     let mut failures = Vec::new();
     let mut checked = 0;
     for path in &cases {
-        checked += 1;
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if !select(&name) {
+            continue;
+        }
+        checked += 1;
         match run_case(&model, &text, path) {
             Ok(d) if d <= 2 => println!("{name}: max difference {d}"),
             Ok(d) => failures.push(format!("{name}: max difference {d}")),
@@ -183,12 +201,30 @@ fn txt2img_img2img_and_inpaint_match_a1111_reference_within_two_levels() {
         }
     }
     println!("{checked} cases, {} failing", failures.len());
-    assert!(checked > 0, "no txt2img cases found");
+    assert!(checked > 0, "no cases found");
     assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
 }
 
-/// No A1111 golden covers hires fix yet: this checks the second pass runs at the upscaled size,
-/// crops to an explicit target, and works through both a latent and a pixel upscaler.
+#[test]
+fn txt2img_img2img_and_inpaint_match_a1111_reference_within_two_levels() {
+    check_cases(&|name| !name.starts_with("hires_") && !name.starts_with("img2img_resize_"));
+}
+
+/// Hires fix with every latent upscale mode and the Pillow upscalers (`hr_scale`, `hr_resize_x/y`
+/// with the latent crop, second-pass steps, a different hires sampler, scheduler and prompt).
+#[test]
+fn hires_fix_matches_a1111_reference_within_two_levels() {
+    check_cases(&|name| name.starts_with("hires_"));
+}
+
+/// img2img resize modes 1 (crop and resize), 2 (resize and fill) and 3 (latent upscale).
+#[test]
+fn img2img_resize_modes_match_a1111_reference_within_two_levels() {
+    check_cases(&|name| name.starts_with("img2img_resize_"));
+}
+
+/// The second pass runs at the upscaled size, crops to an explicit target, and a latent and a
+/// pixel upscaler feed it different latents (the goldens above check the pixels themselves).
 #[test]
 fn hires_fix_latent_and_lanczos_upscalers_produce_target_sizes() {
     let model = StableDiffusion::load(&fixture("tiny/tiny-sd15.safetensors"), Placement::cpu()).unwrap();
@@ -212,4 +248,71 @@ fn hires_fix_latent_and_lanczos_upscalers_produce_target_sizes() {
     let (w, h, lanczos) = run(serde_json::json!({"hr_upscaler": "Lanczos", "hr_scale": 2}));
     assert_eq!((w, h), (64, 64));
     assert_ne!(latent, lanczos, "latent and pixel upscaling feed different second passes");
+}
+
+/// The request a client sends for a golden case: `@init` / `@mask` replaced by the base64 of the
+/// committed PNGs (as the reference's `expand_request` does).
+fn expand_request(request: &Value) -> Value {
+    let b64 = |rel: &str| daemon::images::encode_base64(&std::fs::read(fixture(rel)).unwrap());
+    let mut sent = request.clone();
+    if let Some(images) = sent.get_mut("init_images").and_then(Value::as_array_mut) {
+        for im in images.iter_mut().filter(|im| im.as_str() == Some("@init")) {
+            *im = Value::from(b64("images/init_32x32.png"));
+        }
+    }
+    if sent.get("mask").and_then(Value::as_str) == Some("@mask") {
+        sent["mask"] = Value::from(b64("images/mask_32x32.png"));
+    }
+    sent
+}
+
+/// Every golden case with recorded infotexts (hires fix with a hires sampler, scheduler, prompts
+/// and resize; embeddings with emphasis; inpainting with invert, blur, "only masked" and the
+/// masked-content modes), run over HTTP: each image's whole infotext equals the one A1111 writes,
+/// key for key and in A1111's order. The one deliberate difference is `Version`, which names
+/// this daemon.
+#[test]
+fn infotexts_over_http_equal_a1111_reference_key_for_key() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let ckpt = data_dir.path().join("models/Stable-diffusion");
+    let emb = data_dir.path().join("embeddings");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::create_dir_all(&emb).unwrap();
+    std::fs::copy(fixture("tiny/tiny-sd15.safetensors"), ckpt.join("tiny-sd15.safetensors")).unwrap();
+    for f in std::fs::read_dir(fixture("embeddings")).unwrap().flatten() {
+        std::fs::copy(f.path(), emb.join(f.file_name())).unwrap();
+    }
+    let d = tests::TestDaemon::start_in(data_dir, &[]).unwrap();
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(fixture("golden/a1111")).unwrap().flatten().map(|e| e.path()).collect();
+    cases.sort();
+    let ours_version = format!("Version: {}", daemon::validate::VERSION);
+    let mut checked = Vec::new();
+    let mut failures = Vec::new();
+    for path in &cases {
+        let golden = SafetensorsFile::open(path).unwrap();
+        let Some(expected) = golden.metadata().get("infotexts").cloned() else { continue };
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let expected: Vec<String> = serde_json::from_str(&expected).unwrap();
+        let md = golden.metadata();
+        let request: Value = serde_json::from_str(&md["request"]).unwrap();
+        let endpoint = md["endpoint"].clone();
+        let answer = d.post(&endpoint, &expand_request(&request)).unwrap();
+        assert_eq!(answer.status, 200, "{name}: {}", answer.text);
+        let info: Value = serde_json::from_str(answer.json["info"].as_str().unwrap()).unwrap();
+        let ours: Vec<&str> =
+            info["infotexts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let want: Vec<String> =
+            expected.iter().map(|t| t.replace("Version: v1.10.1", &ours_version)).collect();
+        if ours != want {
+            failures.push(format!("{name}:\n  ours     {ours:?}\n  expected {want:?}"));
+        }
+        checked.push(name);
+    }
+    println!("{} cases: {checked:?}", checked.len());
+    // The hires, embedding and inpainting cases must all be among them.
+    for needed in ["hires_sampler_prompt", "embedding", "hires_embedding_n_iter2", "inpaint_only_masked"] {
+        assert!(checked.iter().any(|c| c == needed), "no recorded infotexts for {needed}");
+    }
+    assert!(failures.is_empty(), "infotexts differ:\n{}", failures.join("\n"));
 }

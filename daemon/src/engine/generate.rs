@@ -2,14 +2,15 @@
 //! onto the pipeline ([`crate::generation`]), reports progress, honours interrupt and skip, and
 //! writes each image's infotext.
 
-use compat::infotext::{format_infotext, GenerationInfo};
+use compat::infotext::{format_infotext, GenerationInfo, HiresInfo, HiresSize};
+use compat::samplers::{sampler_by_name, scheduler_by_name_or_label};
 use models::checkpoint::StableDiffusion;
 use models::conditioning::EmphasisMode;
 use models::pipeline::RgbImage as PipelineImage;
 use models::rng::RandnSource;
 use models::sampling::{Control, UniPcOptions};
 
-use super::job::{GeneratedImage, GenerationJob, GenerationMode, JobError};
+use super::job::{GeneratedImage, GenerationJob, GenerationMode, HiresParams, Img2ImgParams, JobError};
 use super::progress::StepHooks;
 use crate::generation::{
     txt2img_with_loras, GenerationError, HiresSpec, InpaintSpec, TextEncoders, Txt2ImgSpec,
@@ -39,6 +40,7 @@ impl From<GenerationError> for JobError {
         match e {
             GenerationError::Prompt(p) => JobError::Invalid(p.to_string()),
             GenerationError::Model(m) => JobError::Model(m),
+            GenerationError::Upscale(j) => j,
         }
     }
 }
@@ -66,13 +68,6 @@ pub fn generate(
                 invert: i.inpainting_mask_invert,
             });
             if let Some(m) = i.mask.as_ref() {
-                if i.inpainting_fill == 0 {
-                    return Err(JobError::Unsupported(
-                        "masked content 'fill' (inpainting_fill 0) is not available in this build; use original, \
-                         latent noise or latent nothing"
-                            .into(),
-                    ));
-                }
                 if model.config.unet.in_channels != 4 {
                     return Err(JobError::Unsupported(
                         "inpainting models (9-channel UNets) are not supported yet".into(),
@@ -115,6 +110,7 @@ pub fn generate(
             target_width: tw,
             target_height: th,
             upscaler: h.upscaler.clone(),
+            upscaler_model: h.upscaler_model.clone(),
             steps: h.steps as usize,
             sampler_name: h.sampler.clone(),
             scheduler: Some(h.scheduler.clone()),
@@ -125,6 +121,7 @@ pub fn generate(
     });
     if let Some(h) = &hires {
         if LatentUpscale::from_name(&h.upscaler).is_none()
+            && h.upscaler_model.is_none()
             && !["None", "Lanczos", "Nearest"].contains(&h.upscaler.as_str())
         {
             return Err(JobError::Unsupported(format!(
@@ -194,7 +191,8 @@ pub fn generate(
     let generated = txt2img_with_loras(model, &text, &spec, lora_dir, &mut on_step, &mut stop_after_batch)?;
     Ok(generated
         .into_iter()
-        .map(|g| {
+        .enumerate()
+        .map(|(index, g)| {
             let mut info = GenerationInfo::new(
                 g.prompt.clone(),
                 g.negative_prompt.clone(),
@@ -204,9 +202,10 @@ pub fn generate(
                 g.seed as i64,
                 (job.width, job.height),
             );
-            if job.scheduler != "Automatic" {
-                info.schedule_type = Some(job.scheduler.clone());
-            }
+            // A1111 writes the request's label, unless the first pass ran a scheduler function
+            // other than Automatic (the sampler's default one, e.g. Karras for DPM++ 2M).
+            let first_schedule = recorded_schedule_label(&job.sampler, &job.scheduler);
+            info.schedule_type = Some(first_schedule.unwrap_or(&job.scheduler).to_string());
             if job.infotext.add_model_hash {
                 info.model_hash = job.infotext.model_hash.clone();
             }
@@ -217,7 +216,7 @@ pub fn generate(
                 info.variation_seed = Some(g.subseed as i64);
                 info.variation_seed_strength = Some(job.subseed_strength);
             }
-            if job.mode == GenerationMode::Img2Img {
+            if job.mode == GenerationMode::Img2Img || job.hires.is_some() {
                 info.denoising_strength = job.denoising_strength;
             }
             info.clip_skip = job.clip_skip;
@@ -227,9 +226,24 @@ pub fn generate(
             if settings.randn_source != "GPU" {
                 info.rng = Some(settings.randn_source.clone());
             }
+            // `extra_generation_params` in A1111's insertion order: the txt2img/img2img `init`
+            // keys (hires fix, mask), then per batch the LoRA hashes (network activation) and
+            // the text encoder's keys (`setup_conds`).
+            if let Some(h) = &job.hires {
+                info.push_hires(&hires_info(h, index, first_schedule));
+            }
+            if let Some(i) = job.img2img.as_ref().filter(|i| i.mask.is_some()) {
+                push_mask_keys(&mut info, i);
+            }
             if job.infotext.lora_add_hashes && !g.lora_hashes.is_empty() {
                 let hashes: Vec<String> = g.lora_hashes.iter().map(|(n, h)| format!("{n}: {h}")).collect();
                 info.push_extra("Lora hashes", hashes.join(", ").as_str());
+            }
+            for (key, value) in &g.encoder_params {
+                if key == "TI hashes" && !job.infotext.textual_inversion_add_hashes {
+                    continue;
+                }
+                info.push_extra(key.as_str(), value.as_str());
             }
             if job.infotext.add_version {
                 info.version = Some(job.infotext.version.clone());
@@ -246,6 +260,71 @@ pub fn generate(
             }
         })
         .collect())
+}
+
+/// Samplers that sample over timesteps (`sd_samplers_timesteps`): they never record a schedule.
+const TIMESTEP_SAMPLERS: [&str; 4] = ["DDIM", "DDIM CFG++", "PLMS", "UniPC"];
+
+/// The schedule label A1111's `KDiffusionSampler.get_sigmas` records for a pass: the scheduler
+/// function it runs (for `Automatic`, the sampler's default); `None` when it runs none (the
+/// timestep samplers, or `Automatic` for a sampler without a default).
+fn recorded_schedule_label(sampler: &str, scheduler: &str) -> Option<&'static str> {
+    let info = sampler_by_name(sampler)?;
+    if TIMESTEP_SAMPLERS.contains(&info.name) {
+        return None;
+    }
+    let name = match scheduler {
+        "Automatic" => info.default_scheduler()?,
+        label => scheduler_by_name_or_label(label)?.name,
+    };
+    scheduler_by_name_or_label(name).filter(|s| s.name != "automatic").map(|s| s.label)
+}
+
+/// The hires keys as `StableDiffusionProcessingTxt2Img.init` and the hires pass's `get_sigmas`
+/// record them: `Hires schedule type` when the hires pass ran a scheduler other than the one
+/// recorded for the first pass, `Hires steps` and `Hires upscaler` only when requested.
+fn hires_info(h: &HiresParams, index: usize, first_schedule: Option<&str>) -> HiresInfo {
+    let hires_schedule = recorded_schedule_label(&h.sampler, &h.scheduler);
+    HiresInfo {
+        checkpoint: None,
+        sampler: Some(h.sampler.clone()),
+        // Per image; push_hires leaves them out where equal to the image's own prompts (the
+        // validated lists hold the first-pass prompts where no hires prompt was given).
+        prompt: h.prompts.get(index).cloned(),
+        negative_prompt: h.negative_prompts.get(index).cloned(),
+        schedule_type: hires_schedule.filter(|s| Some(*s) != first_schedule).map(str::to_string),
+        size: match (h.resize, h.scale) {
+            (Some((w, hh)), _) => HiresSize::Resize(w, hh),
+            (None, scale) => HiresSize::Scale(scale.unwrap_or(2.0)),
+        },
+        steps: h.second_pass_steps,
+        upscaler: h.upscaler_given.then(|| h.upscaler.clone()),
+    }
+}
+
+/// The img2img `init` keys of an inpainting job, in A1111's order.
+fn push_mask_keys(info: &mut GenerationInfo, i: &Img2ImgParams) {
+    if i.inpainting_mask_invert {
+        info.push_extra("Mask mode", "Inpaint not masked");
+    }
+    if i.mask_blur_x > 0 || i.mask_blur_y > 0 {
+        // The `mask_blur` property is None (and the key left out) when the two directions differ.
+        if i.mask_blur_x == i.mask_blur_y {
+            info.push_extra("Mask blur", i64::from(i.mask_blur_x));
+        }
+    }
+    // A blank mask makes A1111 fall back to the whole picture without these keys.
+    let blank = i.mask.as_ref().is_some_and(|m| m.luma.iter().all(|&v| v == 0));
+    if i.inpaint_full_res && !blank {
+        info.push_extra("Inpaint area", "Only masked");
+        info.push_extra("Masked area padding", i64::from(i.inpaint_full_res_padding));
+    }
+    match i.inpainting_fill {
+        0 => info.push_extra("Masked content", "fill"),
+        2 => info.push_extra("Masked content", "latent noise"),
+        3 => info.push_extra("Masked content", "latent nothing"),
+        _ => {}
+    }
 }
 
 /// What the cached text encoders were built for: the model (its text-encoder width; embeddings
@@ -289,4 +368,22 @@ fn text_encoders(
     let text = std::rc::Rc::new(TextEncoders::new(model, &paths)?);
     TEXT_ENCODERS.with_borrow_mut(|c| *c = Some((key, text.clone())));
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_schedule_label_follows_get_sigmas() {
+        // Automatic runs the sampler's default schedule, which A1111 then records.
+        assert_eq!(recorded_schedule_label("DPM++ 2M", "Automatic"), Some("Karras"));
+        assert_eq!(recorded_schedule_label("DPM++ 2M SDE", "Automatic"), Some("Exponential"));
+        // No default: the model's own sigmas, nothing recorded.
+        assert_eq!(recorded_schedule_label("Euler a", "Automatic"), None);
+        assert_eq!(recorded_schedule_label("Euler", "Karras"), Some("Karras"));
+        // Timestep samplers never call get_sigmas.
+        assert_eq!(recorded_schedule_label("DDIM", "Karras"), None);
+        assert_eq!(recorded_schedule_label("UniPC", "Automatic"), None);
+    }
 }
