@@ -46,6 +46,36 @@ fn xyz_plot_steps_by_sampler_cells_equal_direct_requests() {
     let grid_text = info["infotexts"][0].as_str().unwrap();
     assert!(grid_text.contains("Script: X/Y/Z plot, X Type: Steps, X Values: \"2-3\""), "{grid_text}");
     assert_eq!(info["all_seeds"], json!([5, 5, 5, 5, 5, 5, 5, 5]));
+
+    // Include Sub Grids without Sub Images: the grid, then one X×Y grid per Z value, each equal to
+    // the grid of the same plot restricted to that Z value.
+    plot["script_args"] = json!([
+        "Steps",
+        "2-3",
+        [],
+        9,
+        "",
+        ["Euler", "Euler a"],
+        "Prompt S/R",
+        "red, blue",
+        [],
+        true,
+        false,
+        true
+    ]);
+    let with_subs = d.post("/sdapi/v1/txt2img", &plot).unwrap();
+    assert_eq!(with_subs.status, 200, "{}", with_subs.text);
+    let subs = with_subs.json["images"].as_array().unwrap();
+    assert_eq!(subs.len(), 3, "grid, then a sub-grid per Z value");
+    assert_eq!(decode(&subs[0]), grid);
+    for (i, (prompt, z)) in [("a red cat", "red"), ("a blue cat", "blue")].into_iter().enumerate() {
+        let mut single = plot.clone();
+        single["prompt"] = json!(prompt);
+        single["script_args"][7] = json!(z);
+        let one = d.post("/sdapi/v1/txt2img", &single).unwrap();
+        assert_eq!(one.status, 200, "{}", one.text);
+        assert_eq!(decode(&subs[1 + i]), decode(&one.json["images"][0]), "sub-grid {i}");
+    }
 }
 
 #[test]

@@ -8,6 +8,13 @@
 //!   that would need a checkpoint switch, so a switch does not evict a model that queued work is
 //!   about to use. Each job can be passed at most [`MAX_OVERTAKES`] times, so nobody starves.
 //! - Jobs without a checkpoint (unloading) are barriers: nothing passes them.
+//! - Two classes: interactive jobs (API requests) and background jobs (generate-forever
+//!   batches). A background job runs only when no interactive job is queued; within each class
+//!   the rules above apply unchanged, and passing a job of the other class counts for nothing.
+//!   Each forever job keeps at most one batch queued, so among background jobs the
+//!   resident-first rule is what orders several forever jobs to minimise checkpoint switches:
+//!   batches for the checkpoint on the device run before those that would switch, and a batch
+//!   that needs a switch waits for at most [`MAX_OVERTAKES`] others.
 //! - Jobs whose client has gone away are dropped before they cost device time.
 //! - Past the capacity, new jobs are refused (the handler answers 503).
 
@@ -58,9 +65,14 @@ impl State {
     /// The next job to run, given the checkpoints now on the device.
     pub fn next(&mut self, resident: &[PathBuf]) -> Option<Job> {
         self.entries.retain(|e| !e.job.abandoned());
+        // Background work waits while any interactive job is queued.
+        let background = self.entries.iter().all(|e| e.job.background);
+        let class: Vec<usize> =
+            (0..self.entries.len()).filter(|&i| self.entries[i].job.background == background).collect();
         let cheap = |e: &Entry| e.job.checkpoint.as_ref().is_some_and(|c| resident.contains(&c.path));
-        let mut chosen = 0;
-        for (i, e) in self.entries.iter().enumerate() {
+        let mut chosen = *class.first()?;
+        for &i in &class {
+            let e = &self.entries[i];
             if cheap(e) {
                 chosen = i;
                 break;
@@ -70,8 +82,8 @@ impl State {
                 break;
             }
         }
-        for e in self.entries.iter_mut().take(chosen) {
-            e.overtaken += 1;
+        for &i in class.iter().take_while(|&&i| i != chosen) {
+            self.entries[i].overtaken += 1;
         }
         self.entries.remove(chosen).map(|e| e.job)
     }
@@ -163,6 +175,18 @@ mod tests {
     use crate::engine::job::{CheckpointRef, JobKind, JobOutcome};
 
     fn job(id: u64, checkpoint: Option<&str>) -> (Job, oneshot::Receiver<JobOutcome>) {
+        job_of_class(id, checkpoint, false)
+    }
+
+    fn background(id: u64, checkpoint: &str) -> (Job, oneshot::Receiver<JobOutcome>) {
+        job_of_class(id, Some(checkpoint), true)
+    }
+
+    fn job_of_class(
+        id: u64,
+        checkpoint: Option<&str>,
+        background: bool,
+    ) -> (Job, oneshot::Receiver<JobOutcome>) {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             id,
@@ -170,6 +194,7 @@ mod tests {
             checkpoint: checkpoint.map(|c| CheckpointRef { path: c.into(), title: c.into() }),
             task_id: format!("task({id})"),
             keep_if_abandoned: false,
+            background,
             reply,
             span: tracing::Span::none(),
         };
@@ -256,6 +281,68 @@ mod tests {
         state.append(b).unwrap();
         drop(ra);
         assert_eq!(ids(&mut state, &["a"]), vec![2]);
+    }
+
+    fn fill(
+        state: &mut State,
+        jobs: Vec<(Job, oneshot::Receiver<JobOutcome>)>,
+    ) -> Vec<oneshot::Receiver<JobOutcome>> {
+        jobs.into_iter()
+            .map(|(j, rx)| {
+                state.append(j).unwrap();
+                rx
+            })
+            .collect()
+    }
+
+    #[test]
+    fn state_next_runs_interactive_jobs_before_background_ones() {
+        let mut state = State::new(16);
+        let _keep = fill(
+            &mut state,
+            vec![background(1, "a"), job(2, Some("b")), background(3, "a"), job(4, Some("b"))],
+        );
+        // Even with "a" resident, the interactive jobs for "b" go first.
+        assert_eq!(ids(&mut state, &["a"]), vec![2, 4, 1, 3]);
+    }
+
+    #[test]
+    fn state_next_interactive_job_arriving_later_goes_ahead_of_waiting_background() {
+        let mut state = State::new(16);
+        let mut keep = fill(&mut state, vec![background(1, "a"), background(2, "a")]);
+        assert_eq!(state.next(&[PathBuf::from("a")]).unwrap().id, 1);
+        keep.extend(fill(&mut state, vec![job(3, Some("a"))]));
+        assert_eq!(ids(&mut state, &["a"]), vec![3, 2]);
+    }
+
+    #[test]
+    fn state_next_background_jobs_prefer_the_resident_checkpoint() {
+        let mut state = State::new(16);
+        // Three forever jobs, one batch each: the one for the resident checkpoint runs first.
+        let _keep = fill(&mut state, vec![background(1, "b"), background(2, "a"), background(3, "c")]);
+        assert_eq!(ids(&mut state, &["a"]), vec![2, 1, 3]);
+    }
+
+    #[test]
+    fn state_next_background_job_for_a_switch_waits_at_most_the_limit() {
+        let mut state = State::new(64);
+        let mut jobs = vec![background(1, "b")];
+        jobs.extend((2..=10).map(|id| background(id, "a")));
+        let _keep = fill(&mut state, jobs);
+        let order = ids(&mut state, &["a"]);
+        assert_eq!(order.iter().position(|&id| id == 1), Some(MAX_OVERTAKES as usize), "{order:?}");
+    }
+
+    #[test]
+    fn state_next_passing_background_jobs_is_not_an_overtake() {
+        let mut state = State::new(64);
+        let mut jobs = vec![background(1, "b")];
+        jobs.extend((2..=6).map(|id| job(id, Some("a"))));
+        jobs.extend((7..=12).map(|id| background(id, "a")));
+        let _keep = fill(&mut state, jobs);
+        // Five interactive jobs pass job 1 without using up its overtakes: it still lets
+        // MAX_OVERTAKES background jobs for the resident checkpoint go first.
+        assert_eq!(ids(&mut state, &["a"]), vec![2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 11, 12]);
     }
 
     #[tokio::test]

@@ -1,7 +1,10 @@
 //! The X/Y/Z plot script (prompts.md §4): `script_name: "x/y/z plot"` with A1111's positional
 //! `script_args`. Every cell is an ordinary generation request (a copy of the request with the
 //! axis values applied, templates and keywords included); the answer's first image is the grid
-//! with legends, followed by the cell images when "Include Sub Images" is on.
+//! with legends, followed by the cell images when "Include Sub Images" is on. With
+//! `save_images` and the `grid_save` option on, the grid is also saved with its infotext under
+//! `outdir_txt2img_grids` (or `outdir_img2img_grids`), numbered and named by the first cell's
+//! seed as A1111 names it.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -12,6 +15,8 @@ use super::{generate_plain, read_answer, Answer};
 use crate::engine::job::{GenerationMode, RgbImage};
 use crate::error::ApiError;
 use crate::images;
+use crate::options::OptionView;
+use crate::routes::generate::output_dir;
 use crate::validate::{find_checkpoint_loosely, resolve_seed};
 use crate::AppState;
 
@@ -172,6 +177,7 @@ struct Args {
     axes: [(Value, String, Vec<String>); 3],
     draw_legend: bool,
     include_lone_images: bool,
+    include_sub_grids: bool,
     no_fixed_seeds: bool,
     vary: [bool; 3],
     margin: u32,
@@ -200,6 +206,7 @@ fn parse_args(args: &[Value]) -> Args {
         axes: [axis(0, json!(1)), axis(3, json!(0)), axis(6, json!(0))],
         draw_legend: flag(9, true),
         include_lone_images: flag(10, false),
+        include_sub_grids: flag(11, false),
         no_fixed_seeds: flag(12, false),
         vary: [flag(13, false), flag(14, false), flag(15, false)],
         margin: args.get(16).and_then(Value::as_u64).unwrap_or(0).min(500) as u32,
@@ -607,7 +614,71 @@ pub async fn run(
         cells[at] = Some(read_answer(response).await?);
     }
     let cells: Vec<Answer> = cells.into_iter().map(|c| c.expect("every cell ran")).collect();
-    assemble(cells, &axes, dims, &args, &request)
+    let (response, grid) = assemble(cells, &axes, dims, &args, &request)?;
+    if let Some(save) = GridSave::for_request(&state, &request, mode) {
+        let state2 = state.clone();
+        crate::routes::blocking(move || save.write(&grid, &state2.save_lock)).await?;
+    }
+    Ok(response)
+}
+
+/// The finished grid, for saving.
+struct Grid {
+    image: RgbImage,
+    infotext: String,
+    /// The first cell's seed and prompt (A1111 names the file after them).
+    seed: i64,
+    prompt: String,
+}
+
+/// Where and how a grid is saved.
+struct GridSave {
+    options: Map<String, Value>,
+    dir: std::path::PathBuf,
+}
+
+impl GridSave {
+    /// `Some` when the request saves its images and the `grid_save` option (after the request's
+    /// `override_settings`) is on.
+    fn for_request(state: &AppState, request: &Map<String, Value>, mode: GenerationMode) -> Option<GridSave> {
+        if request.get("save_images").and_then(Value::as_bool) != Some(true) {
+            return None;
+        }
+        let mut options = state.options.all();
+        if let Some(Value::Object(overrides)) = request.get("override_settings") {
+            options.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let view = OptionView(&options);
+        if !view.bool("grid_save") {
+            return None;
+        }
+        let key = match mode {
+            GenerationMode::Txt2Img => "outdir_txt2img_grids",
+            GenerationMode::Img2Img => "outdir_img2img_grids",
+        };
+        let dir = output_dir(&state.config.data_dir, &view, key, view.bool("grid_save_to_dirs"));
+        Some(GridSave { options, dir })
+    }
+
+    /// Encodes the grid in `grid_format` (with its infotext when `enable_pnginfo`) and saves it
+    /// as `NNNNN-<seed>` (`NNNNN-<seed>-<prompt>` without `save_to_dirs`).
+    fn write(&self, grid: &Grid, save_lock: &std::sync::Mutex<()>) -> Result<(), ApiError> {
+        let view = OptionView(&self.options);
+        let format = images::ImageFormat::from_option(&view.string("grid_format"));
+        let texts: &[(&str, &str)] =
+            if view.bool("enable_pnginfo") { &[("parameters", grid.infotext.as_str())] } else { &[] };
+        let quality = view.i64("jpeg_quality").clamp(1, 100) as u8;
+        let bytes = images::encode(&grid.image, format, texts, quality)
+            .map_err(|e| ApiError::Runtime(e.to_string()))?;
+        let seed = grid.seed.to_string();
+        let prompt = images::sanitize_for_file_name(&grid.prompt);
+        let stem =
+            if view.bool("save_to_dirs") || prompt.is_empty() { seed } else { format!("{seed}-{prompt}") };
+        let path = images::save_numbered(&self.dir, &stem, format.extension(), &bytes, save_lock)
+            .map_err(|e| ApiError::Runtime(format!("saving to {}: {e}", self.dir.display())))?;
+        tracing::info!(file = %path.display(), "grid saved");
+        Ok(())
+    }
 }
 
 fn decode_first(answer: &Answer) -> Result<RgbImage, ApiError> {
@@ -625,7 +696,7 @@ fn assemble(
     dims: [usize; 3],
     args: &Args,
     request: &Map<String, Value>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<(HttpResponse, Grid), ApiError> {
     let pictures = cells.iter().map(decode_first).collect::<Result<Vec<_>, _>>()?;
     let labels = |a: usize| -> Vec<String> { axes[a].values.iter().map(|v| axes[a].cell_label(v)).collect() };
     let (xl, yl, zl) = (labels(0), labels(1), labels(2));
@@ -646,6 +717,9 @@ fn assemble(
             )
         })
         .collect();
+    // Sub-grids are answered only when there is more than one Z value (with one, the grid is
+    // the sub-grid).
+    let wanted_subgrids = if args.include_sub_grids && dims[2] > 1 { subgrids.clone() } else { Vec::new() };
     let grid = if dims[2] == 1 {
         subgrids.into_iter().next().expect("one Z value")
     } else {
@@ -688,13 +762,19 @@ fn assemble(
             grid_info.push_str(&format!(", {letter} Type: {}, {letter} Values: \"{quoted}\"", axis.label));
         }
     }
-    let png = images::encode_png(
-        &RgbImage { width: grid.width(), height: grid.height(), rgb: grid.into_raw() },
-        &[("parameters", grid_info.as_str())],
-    )
-    .map_err(|e| ApiError::Runtime(e.to_string()))?;
+    let grid = RgbImage { width: grid.width(), height: grid.height(), rgb: grid.into_raw() };
+    let png = images::encode_png(&grid, &[("parameters", grid_info.as_str())])
+        .map_err(|e| ApiError::Runtime(e.to_string()))?;
+    let grid = Grid { image: grid, infotext: grid_info.clone(), seed: seeds[0], prompt: prompts[0].clone() };
     let mut out_images = vec![images::encode_base64(&png)];
-    let mut infotexts = vec![grid_info];
+    let mut infotexts = vec![grid_info.clone()];
+    for sub in wanted_subgrids {
+        let sub = RgbImage { width: sub.width(), height: sub.height(), rgb: sub.into_raw() };
+        let png = images::encode_png(&sub, &[("parameters", grid_info.as_str())])
+            .map_err(|e| ApiError::Runtime(e.to_string()))?;
+        out_images.push(images::encode_base64(&png));
+        infotexts.push(grid_info.clone());
+    }
     if args.include_lone_images {
         out_images.extend(cell_images);
         infotexts.extend(cell_infotexts);
@@ -710,7 +790,7 @@ fn assemble(
             params.insert(k.clone(), v.clone());
         }
     }
-    Ok(merged.into_response())
+    Ok((merged.into_response(), grid))
 }
 
 fn to_image(p: &RgbImage) -> image::RgbImage {
