@@ -190,9 +190,40 @@ pub struct Snapshot {
     pub loras: Vec<LoraItem>,
     pub embeddings: Vec<EmbeddingFile>,
     pub styles: Vec<PromptStyleItem>,
+    /// ESRGAN-family model files in `models/ESRGAN`, sorted case-insensitively by name.
+    pub upscalers: Vec<UpscalerFile>,
+}
+
+/// An upscaler model file. A1111 names it by its file stem (`4x-UltraSharp.pth` → `4x-UltraSharp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpscalerFile {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// The extensions A1111's ESRGAN upscaler picks up.
+const UPSCALER_EXTENSIONS: [&str; 3] = [".pt", ".pth", ".safetensors"];
+
+/// Every upscaler model under `dir` (sub-folders included), sorted case-insensitively by name as
+/// A1111 sorts `sd_upscalers`.
+pub fn scan_upscalers(dir: &Path) -> Vec<UpscalerFile> {
+    let mut files: Vec<UpscalerFile> = walk_files(dir, &|p: &Path| {
+        let n = lower_name(p);
+        UPSCALER_EXTENSIONS.iter().any(|e| n.ends_with(e))
+    })
+    .into_iter()
+    .filter_map(|path| Some(UpscalerFile { name: path.file_stem()?.to_string_lossy().into_owned(), path }))
+    .collect();
+    files.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()).then_with(|| a.path.cmp(&b.path)));
+    files
 }
 
 impl Snapshot {
+    /// The upscaler model called `name` (exactly, as A1111 matches `upscaler_1` and `hr_upscaler`).
+    pub fn find_upscaler(&self, name: &str) -> Option<&UpscalerFile> {
+        self.upscalers.iter().find(|u| u.name == name)
+    }
+
     /// Finds a checkpoint by any alias A1111 accepts (a1111-api.md §7.1).
     pub fn find_checkpoint(&self, wanted: &str) -> Option<&CheckpointEntry> {
         self.checkpoints.iter().find(|e| e.is_called(wanted))
@@ -266,6 +297,7 @@ impl Catalog {
             loras: scan_loras(&catalog.dirs.lora_dir),
             embeddings: scan_embeddings(&catalog.dirs.embeddings_dir),
             styles: read_styles(&catalog.dirs.data_dir.join("styles.csv")),
+            upscalers: scan_upscalers(&catalog.esrgan_dir()),
         };
         *catalog.snapshot.write().expect("catalog lock poisoned; this is a bug") = Arc::new(snapshot);
         catalog
@@ -273,6 +305,11 @@ impl Catalog {
 
     pub fn dirs(&self) -> &CatalogDirs {
         &self.dirs
+    }
+
+    /// A1111's `models/ESRGAN` folder.
+    pub fn esrgan_dir(&self) -> PathBuf {
+        self.dirs.data_dir.join("models").join("ESRGAN")
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -324,7 +361,12 @@ impl Catalog {
     /// Rescans the checkpoint folder.
     pub fn refresh_checkpoints(&self) {
         let checkpoints = self.scan_checkpoints();
-        self.update(|s| s.checkpoints = checkpoints);
+        // A1111 has no refresh route for upscalers; they are rescanned with the checkpoints.
+        let upscalers = scan_upscalers(&self.esrgan_dir());
+        self.update(|s| {
+            s.checkpoints = checkpoints;
+            s.upscalers = upscalers;
+        });
     }
 
     pub fn refresh_vaes(&self) {

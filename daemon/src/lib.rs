@@ -8,6 +8,9 @@
 //! - [`validate`]: wire requests → engine jobs.
 //! - [`scripts`]: what runs around a generation request: Dynamic Prompts, Randomizer Keywords
 //!   ([`keywords`]), the X/Y/Z plot.
+//! - [`forever`]: generate-forever jobs, run as background engine work and stored in the data
+//!   folder.
+//! - [`train`]: LoRA training jobs (`/train`), run on the engine thread in slices.
 //! - [`images`]: base64, image decoding, PNG encoding with infotext, output file names.
 //! - [`routes`]: the HTTP routes; [`middleware`]: auth, CORS, `X-Process-Time`.
 //! - [`error`]: `ApiError`, the one place failures become HTTP responses.
@@ -16,6 +19,7 @@ pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod forever;
 pub mod fsutil;
 pub mod generation;
 pub mod images;
@@ -24,6 +28,7 @@ pub mod middleware;
 pub mod options;
 pub mod routes;
 pub mod scripts;
+pub mod train;
 pub mod validate;
 
 use std::future::Future;
@@ -201,10 +206,22 @@ pub async fn run_until(
     let addr = listener.local_addr().map_err(RunError::Server)?;
     tracing::info!(%addr, "listening");
     let data = actix_web::web::Data::from(state);
+    let forever = Arc::new(forever::Forever::load(&data.config.data_dir));
+    forever.resume(data.clone());
+    let forever_data = actix_web::web::Data::from(forever.clone());
+    let training = Arc::new(train::TrainManager::load(
+        &data.config.data_dir,
+        &data.config.lora_dir(),
+        Placement::for_device(data.device, data.config.bf16),
+    ));
+    training.spawn(engine.clone(), data.catalog.clone());
+    let training_data = actix_web::web::Data::from(training.clone());
     let server = actix_web::HttpServer::new(move || {
         use actix_web::middleware::{from_fn, Compress};
         actix_web::App::new()
             .app_data(data.clone())
+            .app_data(forever_data.clone())
+            .app_data(training_data.clone())
             // Generation requests carry base64 images; actix's default limit is 256 KiB.
             .app_data(actix_web::web::PayloadConfig::new(MAX_BODY_BYTES))
             .configure(routes::configure)
@@ -216,11 +233,17 @@ pub async fn run_until(
     .map_err(RunError::Server)?
     .run();
     let handle = server.handle();
+    let stopping_training = training.clone();
     actix_web::rt::spawn(async move {
         shutdown.await;
+        // No new training slice once stopping begins: the run resumes from its last save.
+        stopping_training.close();
         handle.stop(true).await;
     });
     let result = server.await.map_err(RunError::Server);
+    // Before the engine stops, so that batches it cuts short are not counted as failures.
+    forever.close();
+    training.close();
     engine.shutdown();
     let _ = tokio::task::spawn_blocking(move || join.join()).await;
     result

@@ -142,6 +142,13 @@ impl TestDaemon {
     pub fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<Answer> {
         self.post_raw(path, &body.to_string(), &[])
     }
+
+    /// Any method with a raw JSON body (empty for none); any status is an answer.
+    pub fn request(&self, method: &str, path: &str, body: &str) -> anyhow::Result<Answer> {
+        let req =
+            ureq::request(&method.to_uppercase(), &self.url(path)).set("content-type", "application/json");
+        answer(if body.is_empty() { req.call() } else { req.send_string(body) })
+    }
 }
 
 impl Drop for TestDaemon {

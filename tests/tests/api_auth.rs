@@ -1,4 +1,5 @@
-//! `--api-auth`: HTTP Basic on every `/sdapi/v1` route (LoRA routes included), A1111's three
+//! `--api-auth`: HTTP Basic on every route but the liveness and documentation ones (LoRA, wildcard,
+//! forever and training routes included), A1111's three
 //! 401 details, open `/internal`, docs and unknown paths; without the flag any `Authorization`
 //! header is ignored.
 
@@ -36,8 +37,21 @@ fn auth_enabled_protects_api_routes_with_a1111_details() {
     let ok = d.get("/sdapi/v1/loras", &[("authorization", &basic_auth("alice:s3cret"))]).unwrap();
     assert_eq!((ok.status, ok.json.clone()), (200, json!([])));
 
-    for open in ["/internal/ping", "/openapi.json", "/docs"] {
-        assert_eq!(d.get(open, &[]).unwrap().status, 200, "{open}");
+    let open = ["/internal/ping", "/openapi.json", "/docs"];
+    for path in open {
+        assert_eq!(d.get(path, &[]).unwrap().status, 200, "{path}");
+    }
+    // Every other documented route and method, our own (/wildcards, /jobs/forever, /train)
+    // included, answers 401 before doing anything.
+    let openapi = d.get_json("/openapi.json").unwrap();
+    for (path, methods) in openapi["paths"].as_object().unwrap() {
+        if open.contains(&path.as_str()) {
+            continue;
+        }
+        for method in methods.as_object().unwrap().keys() {
+            let answer = d.request(method, path, "{}").unwrap();
+            assert_eq!(answer.status, 401, "{method} {path}: {}", answer.text);
+        }
     }
     // An unknown path is a 404 with or without credentials (AIYA tells "no API" from "auth").
     assert_eq!(d.get("/sdapi/v1/version", &[]).unwrap().status, 404);

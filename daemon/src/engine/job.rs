@@ -61,15 +61,36 @@ pub struct HiresParams {
     pub crop_to_target: bool,
     /// The requested factor (for the infotext's `Hires upscale`), when no explicit size was given.
     pub scale: Option<f64>,
-    /// A latent mode (`Latent`, `Latent (bicubic)`, …) or an upscaler name (`Lanczos`, …).
+    /// `hr_resize_x` × `hr_resize_y` as requested (one may be 0), for the infotext's
+    /// `Hires resize`; `None` when the size came from `hr_scale`.
+    pub resize: Option<(u32, u32)>,
+    /// A latent mode (`Latent`, `Latent (bicubic)`, …) or an upscaler name (`Lanczos`, an
+    /// ESRGAN file's name, …).
     pub upscaler: String,
+    /// Whether the request named the upscaler (A1111 writes `Hires upscaler` only then; the
+    /// default is `Latent`).
+    pub upscaler_given: bool,
+    /// The model file behind `upscaler` when it is not built in (ESRGAN), with A1111's tiling.
+    pub upscaler_model: Option<UpscalerModel>,
     pub steps: u32,
+    /// `hr_second_pass_steps` as requested (0: the first pass's steps), for `Hires steps`.
+    pub second_pass_steps: u32,
     pub sampler: String,
     pub scheduler: String,
     /// One per image; equal to the first-pass prompts unless `hr_prompt` was set.
     pub prompts: Vec<String>,
     pub negative_prompts: Vec<String>,
     pub denoising_strength: f64,
+}
+
+/// An upscaler model file resolved from the catalog, with the `ESRGAN_tile` /
+/// `ESRGAN_tile_overlap` options at submission time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpscalerModel {
+    pub path: PathBuf,
+    /// Tile size in pixels (0 = the whole image at once).
+    pub tile: u32,
+    pub tile_overlap: u32,
 }
 
 /// img2img inputs (a1111-api.md §3.3).
@@ -263,6 +284,25 @@ pub enum JobKind {
     LoadCheckpoint,
     /// Move every device-resident checkpoint off the device (`/unload-checkpoint`).
     Unload,
+    /// A slice of a LoRA training run: steps for about two seconds, then back to the queue
+    /// ([`crate::train`]).
+    TrainSlice(std::sync::Arc<crate::train::TrainRun>),
+    /// Images through an ESRGAN-family model file (extras and hires fix's pixel upscale).
+    Upscale(std::sync::Arc<UpscaleJob>),
+}
+
+/// A model upscale: each image goes through A1111's `Upscaler.upscale` loop with the model, up to
+/// `int(size · scale) // 8 · 8`; the caller makes the final resize.
+#[derive(Debug)]
+pub struct UpscaleJob {
+    pub model: PathBuf,
+    pub images: Vec<RgbImage>,
+    pub scale: f64,
+    /// `ESRGAN_tile` / `ESRGAN_tile_overlap` (0 = no tiling).
+    pub tile: u32,
+    pub tile_overlap: u32,
+    /// Device and compute dtype for the model (the engine's).
+    pub placement: models::device::Placement,
 }
 
 /// What a finished job hands back.
@@ -271,6 +311,8 @@ pub enum JobOutput {
     Images(Vec<GeneratedImage>),
     /// A checkpoint job finished; the architecture line of the model now active, if any.
     Loaded(Option<String>),
+    /// The upscaled images of a [`JobKind::Upscale`], in order.
+    Upscaled(Vec<RgbImage>),
     Done,
 }
 
@@ -287,6 +329,8 @@ pub struct Job {
     pub task_id: String,
     /// Keep running when the client has gone away (the images are saved to disk).
     pub keep_if_abandoned: bool,
+    /// Unattended work (a generate-forever batch): it runs only when no interactive job waits.
+    pub background: bool,
     pub reply: oneshot::Sender<JobOutcome>,
     /// The submitting request's span, so the engine's logs attach to it.
     pub span: tracing::Span,

@@ -69,6 +69,18 @@ pub struct Submission {
     pub keep_if_abandoned: bool,
 }
 
+tokio::task_local! {
+    /// Set around a generate-forever batch; see [`in_background`].
+    static BACKGROUND: bool;
+}
+
+/// Runs `work` so that every job it submits queues as background work, which the queue runs only
+/// when no interactive job waits. A scope rather than a [`Submission`] field, so that a forever
+/// batch goes through the same script and generation path as an interactive request.
+pub async fn in_background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope(true, work).await
+}
+
 /// A queued job: its id and where its outcome will arrive.
 pub struct Submitted {
     pub id: JobId,
@@ -96,6 +108,7 @@ impl EngineHandle {
             checkpoint: submission.checkpoint,
             task_id: submission.task_id,
             keep_if_abandoned: submission.keep_if_abandoned,
+            background: BACKGROUND.try_with(|b| *b).unwrap_or(false),
             reply,
             span: tracing::Span::current(),
         };
@@ -160,6 +173,7 @@ pub fn start(
         board: board.clone(),
         flags: flags.clone(),
         status: status_tx,
+        training: None,
     };
     let engine_queue = queue.clone();
     let join = std::thread::Builder::new().name("engine".into()).spawn(move || {

@@ -39,11 +39,15 @@ pub(crate) struct Worker {
     pub board: Arc<ProgressBoard>,
     pub flags: Arc<InterruptFlags>,
     pub status: watch::Sender<EngineStatus>,
+    /// The training run whose slices this thread is executing: its own model copy and session,
+    /// kept between slices ([`crate::train::slice`]).
+    pub training: Option<crate::train::ActiveTraining>,
 }
 
 impl Worker {
     /// Loads the start-up checkpoint; any failure (panics included) comes back as an error.
     pub fn load_initial(&mut self, path: &std::path::Path) -> Result<(), JobError> {
+        install_load_progress_bar();
         let result = contained(|| self.cache.get(path).map(|_| ()));
         self.publish_status(None);
         result
@@ -51,6 +55,7 @@ impl Worker {
 
     /// Serves jobs until the queue shuts down.
     pub fn run(mut self, queue: Queue) {
+        install_load_progress_bar();
         while let Some(job) = queue.blocking_next(self.cache.device_paths()) {
             self.run_job(job);
         }
@@ -115,6 +120,16 @@ impl Worker {
                 self.cache.unload_all();
                 Ok(JobOutput::Done)
             }
+            JobKind::TrainSlice(run) => {
+                crate::train::slice::run_slice(&mut self.training, run, job.id, board, self.flags.clone())?;
+                Ok(JobOutput::Done)
+            }
+            JobKind::Upscale(upscale) => {
+                board.start(job.id, "extras", 1);
+                // A1111 does not interrupt an upscale; only a caller that has gone stops it.
+                let abandoned = || job.abandoned();
+                Ok(JobOutput::Upscaled(crate::routes::system::run_upscale(upscale, &abandoned)?))
+            }
         }
     }
 
@@ -138,6 +153,40 @@ impl Worker {
             s.jobs_done += finished.unwrap_or(0);
         });
     }
+}
+
+/// Shows a progress bar (tensors read) on the terminal while a checkpoint loads, when stderr is
+/// one; logs go on as usual. Installs itself once per process.
+fn install_load_progress_bar() {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let current: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+    models::checkpoint::set_load_progress(Box::new(move |path, done, total| {
+        let mut slot = current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if done == 0 {
+            // A load that failed half-way leaves its bar behind; the next one replaces it.
+            if let Some(old) = slot.take() {
+                old.abandon();
+            }
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tensors ({elapsed})")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            bar.set_message(format!("loading {name}"));
+            *slot = Some(bar);
+        } else if let Some(bar) = slot.as_ref() {
+            bar.set_position(done as u64);
+            if done >= total {
+                bar.finish_and_clear();
+                *slot = None;
+            }
+        }
+    }));
 }
 
 /// One line describing a checkpoint's architecture, for logs and the options' informational key.

@@ -256,23 +256,35 @@ impl Output {
             GenerationMode::Txt2Img => "outdir_txt2img_samples",
             GenerationMode::Img2Img => "outdir_img2img_samples",
         };
-        let mut dir = self.data_dir.join(view.string(key));
-        if view.bool("save_to_dirs") {
-            let pattern = view.string("directories_filename_pattern");
-            let date = chrono::Local::now().format("%Y-%m-%d").to_string();
-            // Only the `[date]` token is expanded; other tokens are dropped.
-            let expanded = pattern.replace("[date]", &date);
-            let cleaned: String = regex::Regex::new(r"\[[^\]]*\]")
-                .expect("a constant regex compiles; this is a bug")
-                .replace_all(&expanded, "")
-                .into_owned();
-            let sub = images::sanitize_for_file_name(&cleaned);
-            if !sub.is_empty() {
-                dir = dir.join(sub);
-            }
-        }
-        dir
+        output_dir(&self.data_dir, view, key, view.bool("save_to_dirs"))
     }
+}
+
+/// The folder option `outdir_key` names (relative to the data folder), plus the dated
+/// sub-folder of `directories_filename_pattern` when `to_dirs` (`save_to_dirs` for images,
+/// `grid_save_to_dirs` for grids).
+pub(crate) fn output_dir(
+    data_dir: &std::path::Path,
+    view: &OptionView,
+    outdir_key: &str,
+    to_dirs: bool,
+) -> std::path::PathBuf {
+    let mut dir = data_dir.join(view.string(outdir_key));
+    if to_dirs {
+        let pattern = view.string("directories_filename_pattern");
+        let date = chrono::Local::now().format("%Y-%m-%d").to_string();
+        // Only the `[date]` token is expanded; other tokens are dropped.
+        let expanded = pattern.replace("[date]", &date);
+        let cleaned: String = regex::Regex::new(r"\[[^\]]*\]")
+            .expect("a constant regex compiles; this is a bug")
+            .replace_all(&expanded, "")
+            .into_owned();
+        let sub = images::sanitize_for_file_name(&cleaned);
+        if !sub.is_empty() {
+            dir = dir.join(sub);
+        }
+    }
+    dir
 }
 
 #[cfg(test)]

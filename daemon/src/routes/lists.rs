@@ -60,19 +60,26 @@ pub async fn schedulers() -> HttpResponse {
     HttpResponse::Ok().json(SCHEDULERS.iter().map(scheduler_item).collect::<Vec<_>>())
 }
 
-/// The upscalers that need no model file; ESRGAN-family models are not run by this build, so
-/// they are not listed.
-pub async fn upscalers() -> HttpResponse {
-    let items: Vec<UpscalerItem> = BUILTIN_UPSCALERS
-        .iter()
-        .map(|name| UpscalerItem {
-            name: name.to_string(),
-            model_name: None,
-            model_path: None,
-            model_url: None,
-            scale: Some(4.0),
-        })
-        .collect();
+/// The model-free upscalers (`None`, `Lanczos`, `Nearest`), then every ESRGAN-family file in
+/// `models/ESRGAN` by name (A1111's `sd_upscalers` order and `get_upscalers` fields; A1111
+/// reports 4 as the scale of every ESRGAN entry, whatever the file's factor).
+pub async fn upscalers(state: web::Data<AppState>) -> HttpResponse {
+    let builtin = BUILTIN_UPSCALERS.iter().map(|name| UpscalerItem {
+        name: name.to_string(),
+        model_name: None,
+        model_path: None,
+        model_url: None,
+        scale: Some(4.0),
+    });
+    let snapshot = state.catalog.snapshot();
+    let files = snapshot.upscalers.iter().map(|u| UpscalerItem {
+        name: u.name.clone(),
+        model_name: Some("ESRGAN_4x".into()),
+        model_path: Some(u.path.to_string_lossy().into_owned()),
+        model_url: None,
+        scale: Some(4.0),
+    });
+    let items: Vec<UpscalerItem> = builtin.chain(files).collect();
     HttpResponse::Ok().json(items)
 }
 

@@ -7,14 +7,18 @@
 //! - [`system`]: progress, interrupt and skip, checkpoint unload and reload, png-info, extras,
 //!   interrogate, memory, flags, scripts, and the documentation routes.
 //! - [`wildcards`]: the wildcard collections and template expansion.
+//! - [`forever`]: generate-forever jobs.
+//! - [`train`]: LoRA training jobs.
 //!
 //! txt2img and img2img enter through [`crate::scripts`], which expands Dynamic Prompts and
 //! Randomizer Keywords and runs the X/Y/Z plot around [`generate`].
 
+pub mod forever;
 pub mod generate;
 pub mod lists;
 pub mod options;
 pub mod system;
+pub mod train;
 pub mod wildcards;
 
 use actix_web::middleware::from_fn;
@@ -76,12 +80,21 @@ pub const ROUTES: &[RouteDoc] = &[
     doc("POST", "/sdapi/v1/refresh-loras", "Rescan LoRAs"),
     doc("GET", "/wildcards", "Wildcard collections"),
     doc("POST", "/wildcards/expand", "Expand a Dynamic Prompts template"),
+    doc("GET", "/jobs/forever", "Generate-forever jobs"),
+    doc("POST", "/jobs/forever", "Start generating a txt2img request forever"),
+    doc("GET", "/jobs/forever/{id}", "One generate-forever job"),
+    doc("PUT", "/jobs/forever/{id}", "Replace a generate-forever job's request from its next batch"),
+    doc("DELETE", "/jobs/forever/{id}", "Stop a generate-forever job after its current batch"),
+    doc("POST", "/train/lora", "Start training a LoRA (one job per base checkpoint)"),
+    doc("GET", "/train/jobs", "Training jobs"),
+    doc("GET", "/train/jobs/{id}", "One training job"),
+    doc("POST", "/train/jobs/{id}/cancel", "Stop a training job"),
     doc("GET", "/internal/ping", "Liveness"),
     doc("GET", "/openapi.json", "This API's OpenAPI description"),
     doc("GET", "/docs", "This API's documentation"),
 ];
 
-/// Registers every route. `/sdapi/v1` routes sit behind `--api-auth`; the others do not.
+/// Registers every route. All sit behind `--api-auth` but the liveness and documentation routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use web::{get, post};
     let api = |cfg: &mut web::ServiceConfig, path: &str, routes: Vec<Route>| {
@@ -127,6 +140,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     api(cfg, &v1("refresh-loras"), vec![post().to(lists::refresh_loras)]);
     api(cfg, "/wildcards", vec![get().to(wildcards::list)]);
     api(cfg, "/wildcards/expand", vec![post().to(wildcards::expand)]);
+    api(cfg, "/jobs/forever", vec![get().to(forever::list), post().to(forever::start)]);
+    let one_job =
+        vec![get().to(forever::get), web::put().to(forever::replace), web::delete().to(forever::stop)];
+    api(cfg, "/jobs/forever/{id}", one_job);
+    api(cfg, "/train/lora", vec![post().to(train::start)]);
+    api(cfg, "/train/jobs", vec![get().to(train::list)]);
+    api(cfg, "/train/jobs/{id}", vec![get().to(train::get)]);
+    api(cfg, "/train/jobs/{id}/cancel", vec![post().to(train::cancel)]);
 
     let open = |cfg: &mut web::ServiceConfig, path: &str, route: Route| {
         cfg.service(web::resource(path).route(route).default_service(web::to(method_not_allowed)));

@@ -1,7 +1,11 @@
 //! Progress, interrupt and skip, checkpoint unload and reload, png-info, extras, interrogate,
 //! memory, command-line flags, scripts, and the documentation routes.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -19,11 +23,14 @@ use compat::infotext::{parse_infotext, ParseOptions};
 use serde_json::{json, Map, Value};
 
 use super::{blocking, ROUTES};
-use crate::engine::job::RgbImage;
+use models::device::Placement;
+use models::upscale::{tiling, Esrgan, RgbBuffer, ESRGAN_TILE, ESRGAN_TILE_OVERLAP};
+
+use crate::engine::job::{JobOutput, RgbImage, UpscaleJob};
 use crate::engine::{JobError, JobKind, Submission};
 use crate::error::ApiError;
-use crate::images;
-use crate::validate::{BUILTIN_ALWAYSON_SCRIPTS, BUILTIN_UPSCALERS};
+use crate::images::{self, Pixels};
+use crate::validate::BUILTIN_ALWAYSON_SCRIPTS;
 use crate::AppState;
 
 pub async fn ping() -> HttpResponse {
@@ -205,121 +212,376 @@ pub async fn training() -> Result<HttpResponse, ApiError> {
     Err(JobError::Unsupported("embedding and hypernetwork training are not available".into()).into())
 }
 
-pub async fn extra_single_image(body: web::Bytes) -> Result<HttpResponse, ApiError> {
+/// `POST /extra-single-image`: one image through the extras upscale (a1111-api.md §7.14).
+pub async fn extra_single_image(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let req: ExtrasSingleImageRequest = parse_body(&body).map_err(ApiError::Validation)?;
-    let response = blocking(move || {
-        let (image, info) = postprocess(req.image.as_deref().unwrap_or(""), &req.options)?;
-        Ok(ExtrasSingleImageResponse { html_info: html_info(&info), image })
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(response))
+    let (mut images, info) = run_extras(&state, vec![req.image.unwrap_or_default()], req.options).await?;
+    let image = images.pop().unwrap_or_default();
+    Ok(HttpResponse::Ok().json(ExtrasSingleImageResponse { html_info: html_info(&info), image }))
 }
 
-pub async fn extra_batch_images(body: web::Bytes) -> Result<HttpResponse, ApiError> {
+/// `POST /extra-batch-images`: every image of `imageList` through the same extras upscale.
+pub async fn extra_batch_images(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let req: ExtrasBatchImagesRequest = parse_body(&body).map_err(ApiError::Validation)?;
-    let response = blocking(move || {
-        let mut images = Vec::new();
-        let mut info = String::new();
-        for file in &req.image_list {
-            let (image, text) = postprocess(file.data.as_deref().unwrap_or(""), &req.options)?;
-            images.push(image);
-            info = text;
-        }
-        Ok(ExtrasBatchImagesResponse { html_info: html_info(&info), images })
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(response))
+    let encoded = req.image_list.into_iter().map(|f| f.data.unwrap_or_default()).collect();
+    let (images, info) = run_extras(&state, encoded, req.options).await?;
+    Ok(HttpResponse::Ok().json(ExtrasBatchImagesResponse { html_info: html_info(&info), images }))
 }
 
+/// Pillow's `ui_common.plaintext_to_html`: `html.escape` per line, joined by `<br>`.
 fn html_info(info: &str) -> String {
-    let escaped = info.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
-    format!("<p>{escaped}</p>")
+    let lines: Vec<String> = info
+        .split('\n')
+        .map(|l| {
+            l.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+                .replace('\'', "&#x27;")
+        })
+        .collect();
+    format!("<p>{}</p>", lines.join("<br>\n"))
 }
 
-/// The extras upscale: scale by a factor or to a size (optionally cropping to cover), with one
-/// or two of the model-free upscalers blended. Returns the base64 PNG and its infotext.
-fn postprocess(encoded: &str, o: &ExtrasOptions) -> Result<(String, String), ApiError> {
+/// An upscaler named by a request, resolved.
+#[derive(Clone, Debug)]
+enum Upscaler {
+    /// `Lanczos` or `Nearest`: `Upscaler.upscale` with a Pillow resize as each step.
+    Resample(images::Resample),
+    /// An ESRGAN-family file, run on the engine thread.
+    Model(PathBuf),
+}
+
+fn resolve_upscaler(state: &AppState, name: &str) -> Result<Upscaler, ApiError> {
+    match name {
+        "Lanczos" => Ok(Upscaler::Resample(images::Resample::Lanczos)),
+        "Nearest" => Ok(Upscaler::Resample(images::Resample::Nearest)),
+        _ => match state.catalog.snapshot().find_upscaler(name) {
+            Some(file) => Ok(Upscaler::Model(file.path.clone())),
+            None => Err(ApiError::Runtime(format!("could not find upscaler named {name}"))),
+        },
+    }
+}
+
+/// The size A1111's `Upscaler.upscale` ends at: `int((size · scale) // 8 · 8)`. Where that is 0
+/// (a result under 8 pixels, which makes Pillow fail in A1111) the unrounded `int(size · scale)`
+/// is used instead, at least 1.
+fn upscale_target(size: u32, scale: f64) -> u32 {
+    let exact = (f64::from(size) * scale).max(0.0);
+    match (exact / 8.0).floor() as u32 * 8 {
+        0 => (exact as u32).max(1),
+        rounded => rounded,
+    }
+}
+
+/// `Upscaler.upscale` for the resampling upscalers: up to three steps of `size · scale` until the
+/// target is reached or nothing changes, then a Lanczos resize to the target when needed.
+fn resample_upscale(img: &Pixels, scale: f64, filter: images::Resample) -> Pixels {
+    let (dest_w, dest_h) = (upscale_target(img.width, scale), upscale_target(img.height, scale));
+    let mut im = img.clone();
+    for _ in 0..3 {
+        let before = (im.width, im.height);
+        let (w, h) = ((f64::from(im.width) * scale) as u32, (f64::from(im.height) * scale) as u32);
+        im = images::resize_pil(&im, w.max(1), h.max(1), filter, None);
+        if before == (im.width, im.height) || (im.width >= dest_w && im.height >= dest_h) {
+            break;
+        }
+    }
+    finish_upscale(im, dest_w, dest_h)
+}
+
+/// The last step of `Upscaler.upscale`: a Lanczos resize to the target size when it differs.
+fn finish_upscale(im: Pixels, dest_w: u32, dest_h: u32) -> Pixels {
+    if im.width != dest_w || im.height != dest_h {
+        images::resize_pil(&im, dest_w.max(1), dest_h.max(1), images::Resample::Lanczos, None)
+    } else {
+        im
+    }
+}
+
+fn pixels(img: &RgbImage) -> Pixels {
+    Pixels::new(img.width, img.height, 3, img.rgb.clone())
+}
+
+/// How the extras upscale sizes its output.
+#[derive(Clone, Copy, Debug)]
+struct ExtrasSize {
+    /// `upscale_to` mode: the target size, and whether to crop (paste centred) to it.
+    to: Option<(u32, u32, bool)>,
+    /// Scale factor for `by` mode.
+    by: f64,
+}
+
+impl ExtrasSize {
+    fn scale_for(&self, w: u32, h: u32) -> f64 {
+        match self.to {
+            Some((tw, th, _)) => (f64::from(tw) / f64::from(w)).max(f64::from(th) / f64::from(h)),
+            None => self.by,
+        }
+    }
+}
+
+/// Upscales every image with one upscaler (`ScriptPostprocessingUpscale.upscale`, before the
+/// crop). Model upscalers run as one engine job for the whole batch.
+async fn upscale_all(
+    state: &AppState,
+    inputs: &Arc<Vec<RgbImage>>,
+    upscaler: &Upscaler,
+    size: ExtrasSize,
+) -> Result<Vec<Pixels>, ApiError> {
+    match upscaler {
+        Upscaler::Resample(filter) => {
+            let (inputs, filter) = (inputs.clone(), *filter);
+            blocking(move || {
+                Ok(inputs
+                    .iter()
+                    .map(|img| resample_upscale(&pixels(img), size.scale_for(img.width, img.height), filter))
+                    .collect())
+            })
+            .await
+        }
+        Upscaler::Model(path) => {
+            // One job per distinct scale keeps each job's `scale` exact; in `by` mode (and for a
+            // batch of equal sizes) that is one job.
+            let mut out: Vec<Option<Pixels>> = vec![None; inputs.len()];
+            let mut pending: Vec<usize> = (0..inputs.len()).collect();
+            while let Some(&first) = pending.first() {
+                let scale = size.scale_for(inputs[first].width, inputs[first].height);
+                let (group, rest): (Vec<usize>, Vec<usize>) = pending
+                    .iter()
+                    .partition(|&&i| size.scale_for(inputs[i].width, inputs[i].height) == scale);
+                pending = rest;
+                let option = |key: &str, default: u32| {
+                    state.options.get(key).and_then(|v| v.as_u64()).map(|v| v as u32).unwrap_or(default)
+                };
+                let job = UpscaleJob {
+                    model: path.clone(),
+                    images: group.iter().map(|&i| inputs[i].clone()).collect(),
+                    scale,
+                    tile: option("ESRGAN_tile", ESRGAN_TILE),
+                    tile_overlap: option("ESRGAN_tile_overlap", ESRGAN_TILE_OVERLAP),
+                    placement: Placement::for_device(state.device, state.config.bf16),
+                };
+                let submitted = state
+                    .engine
+                    .submit(Submission {
+                        kind: JobKind::Upscale(Arc::new(job)),
+                        checkpoint: None,
+                        task_id: "extras".into(),
+                        keep_if_abandoned: false,
+                    })
+                    .await?;
+                let upscaled = match submitted.outcome.await.map_err(|_| ApiError::EngineStopped)?? {
+                    JobOutput::Upscaled(images) => images,
+                    other => return Err(ApiError::Runtime(format!("unexpected engine answer {other:?}"))),
+                };
+                let sizes: Vec<(u32, u32)> =
+                    group.iter().map(|&i| (inputs[i].width, inputs[i].height)).collect();
+                // The job stops at the model's own factor; the last resize, to the target
+                // relative to the input, runs off the engine thread.
+                let finished = blocking(move || {
+                    Ok(upscaled
+                        .iter()
+                        .zip(&sizes)
+                        .map(|(img, &(w, h))| {
+                            finish_upscale(pixels(img), upscale_target(w, scale), upscale_target(h, scale))
+                        })
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+                for (&i, p) in group.iter().zip(finished) {
+                    out[i] = Some(p);
+                }
+            }
+            Ok(out.into_iter().map(|p| p.expect("every image belongs to one group")).collect())
+        }
+    }
+}
+
+/// Pillow's `Image.blend(a, b, alpha)`: `a + alpha · (b − a)` in float32, truncated.
+fn blend(a: &Pixels, b: &Pixels, alpha: f64) -> Pixels {
+    let alpha = alpha as f32;
+    let data = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| {
+            let t = f32::from(x) + alpha * (f32::from(y) - f32::from(x));
+            t.clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    Pixels::new(a.width, a.height, a.channels, data)
+}
+
+/// The extras pipeline (A1111's `run_extras` with the upscale script): decode, upscale with
+/// `upscaler_1` (and `upscaler_2` blended in at `extras_upscaler_2_visibility`), crop in
+/// `upscale_to` mode, encode as PNG with the `postprocessing` infotext. Returns the base64
+/// images and the infotext of the last one.
+async fn run_extras(
+    state: &AppState,
+    encoded: Vec<String>,
+    o: ExtrasOptions,
+) -> Result<(Vec<String>, String), ApiError> {
     if o.gfpgan_visibility.unwrap_or(0.0) > 0.0 || o.codeformer_visibility.unwrap_or(0.0) > 0.0 {
         return Err(JobError::Unsupported("face restoration is not available in this build".into()).into());
     }
-    let bytes = images::decode_base64(encoded).map_err(invalid_image)?;
-    let original = images::png_text_chunks(&bytes).unwrap_or_default();
-    let input = images::decode_rgb(&bytes, [255, 255, 255]).map_err(invalid_image)?;
-    let upscaler_1 = o.upscaler_1.clone().unwrap_or_else(|| "None".into());
-    let upscaler_2 = o.upscaler_2.clone().unwrap_or_else(|| "None".into());
-    for name in [&upscaler_1, &upscaler_2] {
-        if !BUILTIN_UPSCALERS.contains(&name.as_str()) {
-            return Err(ApiError::Runtime(format!("could not find upscaler named {name}")));
+    let size = match o.resize_mode.unwrap_or(0) {
+        1 => {
+            let (w, h) = (o.upscaling_resize_w.unwrap_or(512), o.upscaling_resize_h.unwrap_or(512));
+            if !(1..=8192).contains(&w) || !(1..=8192).contains(&h) {
+                return Err(ApiError::field("upscaling_resize_w", "the target size must be in 1..=8192"));
+            }
+            ExtrasSize { to: Some((w as u32, h as u32, o.upscaling_crop.unwrap_or(true))), by: 1.0 }
         }
-    }
+        _ => {
+            let by = o.upscaling_resize.unwrap_or(2.0);
+            if !(by > 0.0 && by <= 8.0) {
+                return Err(ApiError::field("upscaling_resize", format!("must be in (0, 8], got {by}")));
+            }
+            ExtrasSize { to: None, by }
+        }
+    };
+    let named = |n: &Option<String>| n.clone().filter(|n| n != "None");
+    let upscaler_1 = named(&o.upscaler_1).map(|n| resolve_upscaler(state, &n).map(|u| (n, u))).transpose()?;
+    let upscaler_2 = named(&o.upscaler_2).map(|n| resolve_upscaler(state, &n).map(|u| (n, u))).transpose()?;
+    let visibility = o.extras_upscaler_2_visibility.unwrap_or(0.0).clamp(0.0, 1.0);
+
+    let decoded = blocking(move || {
+        encoded
+            .iter()
+            .map(|e| {
+                let bytes = images::decode_base64(e).map_err(invalid_image)?;
+                let chunks = images::png_text_chunks(&bytes).unwrap_or_default();
+                let parameters = chunks.into_iter().find(|(k, _)| k == "parameters").map(|(_, v)| v);
+                Ok((images::decode_rgb(&bytes, [255, 255, 255]).map_err(invalid_image)?, parameters))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await?;
+    let (inputs, parameters): (Vec<RgbImage>, Vec<Option<String>>) = decoded.into_iter().unzip();
+    let inputs = Arc::new(inputs);
+
     let mut info = Vec::new();
-    let output = if upscaler_1 == "None" {
-        input
-    } else {
-        let (w, h, crop) = match o.resize_mode.unwrap_or(0) {
-            1 => {
-                let (w, h) = (o.upscaling_resize_w.unwrap_or(512), o.upscaling_resize_h.unwrap_or(512));
-                if !(1..=8192).contains(&w) || !(1..=8192).contains(&h) {
-                    return Err(ApiError::field("upscaling_resize_w", "the target size must be in 1..=8192"));
+    let outputs: Vec<Pixels> = match &upscaler_1 {
+        None => inputs.iter().map(pixels).collect(),
+        Some((name_1, up_1)) => {
+            match size.to {
+                Some((w, h, _)) => info.push(format!("Postprocess upscale to: {w}x{h}")),
+                None => {
+                    let by = size.by;
+                    let shown = if by.fract() == 0.0 { format!("{}", by as i64) } else { format!("{by}") };
+                    info.push(format!("Postprocess upscale by: {shown}"));
                 }
-                info.push(format!("Postprocess upscale to: {w}x{h}"));
-                (w as u32, h as u32, o.upscaling_crop.unwrap_or(true))
             }
-            _ => {
-                let by = o.upscaling_resize.unwrap_or(2.0);
-                if !(by > 0.0 && by <= 8.0) {
-                    return Err(ApiError::field("upscaling_resize", format!("must be in (0, 8], got {by}")));
-                }
-                let shown = if by.fract() == 0.0 { format!("{}", by as i64) } else { format!("{by}") };
-                info.push(format!("Postprocess upscale by: {shown}"));
-                ((input.width as f64 * by) as u32, (input.height as f64 * by) as u32, false)
+            let mut first = upscale_all(state, &inputs, up_1, size).await?;
+            info.push(format!("Postprocess upscaler: {name_1}"));
+            if let Some((name_2, up_2)) = upscaler_2.as_ref().filter(|_| visibility > 0.0) {
+                let second = upscale_all(state, &inputs, up_2, size).await?;
+                first = first.iter().zip(&second).map(|(a, b)| blend(a, b, visibility)).collect();
+                info.push(format!("Postprocess upscaler 2: {name_2}"));
             }
-        };
-        let first = resize(&input, w.max(1), h.max(1), crop, &upscaler_1)?;
-        info.push(format!("Postprocess upscaler: {upscaler_1}"));
-        let visibility = o.extras_upscaler_2_visibility.unwrap_or(0.0).clamp(0.0, 1.0);
-        if upscaler_2 != "None" && visibility > 0.0 {
-            let second = resize(&input, w.max(1), h.max(1), crop, &upscaler_2)?;
-            info.push(format!("Postprocess upscaler 2: {upscaler_2}"));
-            let rgb = first
-                .rgb
-                .iter()
-                .zip(&second.rgb)
-                .map(|(&a, &b)| (a as f64 * (1.0 - visibility) + b as f64 * visibility).round() as u8)
-                .collect();
-            RgbImage { rgb, ..first }
-        } else {
+            if let Some((w, h, true)) = size.to {
+                // Pasted centred on a black canvas of the target size.
+                first = first
+                    .into_iter()
+                    .map(|im| {
+                        let mut canvas = Pixels::blank(w, h, 3);
+                        let (x, y) = (
+                            i64::from(w / 2) - i64::from(im.width / 2),
+                            i64::from(h / 2) - i64::from(im.height / 2),
+                        );
+                        canvas.paste(&im, x, y);
+                        canvas
+                    })
+                    .collect();
+                info.push(format!("Postprocess crop to: {w}x{h}"));
+            }
             first
         }
     };
     let info = info.join(", ");
-    let mut texts: Vec<(&str, &str)> =
-        original.iter().filter(|(k, _)| k == "parameters").map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    if !info.is_empty() {
-        texts.push(("postprocessing", info.as_str()));
-    }
-    let png = images::encode_png(&output, &texts).map_err(|e| ApiError::Runtime(e.to_string()))?;
-    Ok((images::encode_base64(&png), info))
+    let text = info.clone();
+    let encoded = blocking(move || {
+        outputs
+            .iter()
+            .zip(&parameters)
+            .map(|(im, params)| {
+                let mut texts: Vec<(&str, &str)> = Vec::new();
+                if let Some(p) = params {
+                    texts.push(("parameters", p.as_str()));
+                }
+                if !text.is_empty() {
+                    texts.push(("postprocessing", text.as_str()));
+                }
+                let rgb = RgbImage { width: im.width, height: im.height, rgb: im.data.clone() };
+                let png = images::encode_png(&rgb, &texts).map_err(|e| ApiError::Runtime(e.to_string()))?;
+                Ok(images::encode_base64(&png))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await?;
+    Ok((encoded, info))
 }
 
-fn resize(input: &RgbImage, w: u32, h: u32, crop: bool, upscaler: &str) -> Result<RgbImage, ApiError> {
-    use image::imageops::{self, FilterType};
-    let filter = if upscaler == "Nearest" { FilterType::Nearest } else { FilterType::Lanczos3 };
-    let buffer = image::RgbImage::from_raw(input.width, input.height, input.rgb.clone())
-        .ok_or_else(|| ApiError::Runtime("decoded image has an inconsistent size".into()))?;
-    let out = if crop {
-        // Scale to cover the target, then cut the centre.
-        let scale = (w as f64 / input.width as f64).max(h as f64 / input.height as f64);
-        let (cw, ch) = (
-            ((input.width as f64 * scale).round() as u32).max(w),
-            ((input.height as f64 * scale).round() as u32).max(h),
+thread_local! {
+    /// The upscaler model last used on this thread (only the engine thread runs upscale jobs), so
+    /// repeated calls with the same model load nothing.
+    static LOADED_UPSCALER: RefCell<Option<(PathBuf, Rc<Esrgan>)>> = const { RefCell::new(None) };
+}
+
+/// Runs an [`UpscaleJob`] on the engine thread: for each image, A1111's `Upscaler.upscale` loop
+/// with the model (tiled as `ESRGAN_tile` says) until the image covers `int(size·scale)//8·8`, at
+/// most three passes. The final resize to that size is left to the caller. `stop` is polled
+/// between tiles (the caller has gone); what is left then stays black.
+pub(crate) fn run_upscale(job: &UpscaleJob, stop: &dyn Fn() -> bool) -> Result<Vec<RgbImage>, JobError> {
+    let placement = job.placement;
+    let model = LOADED_UPSCALER.with(|cell| -> Result<Rc<Esrgan>, JobError> {
+        let mut slot = cell.borrow_mut();
+        if let Some((path, model)) = slot.as_ref() {
+            if *path == job.model && model.placement() == placement {
+                return Ok(model.clone());
+            }
+        }
+        // Free the previous model before loading the next.
+        *slot = None;
+        let started = Instant::now();
+        let model = Rc::new(Esrgan::load(&job.model, placement)?);
+        tracing::info!(
+            upscaler = %job.model.display(),
+            scale = model.scale(),
+            seconds = started.elapsed().as_secs_f64(),
+            "loaded upscaler"
         );
-        let covered = imageops::resize(&buffer, cw, ch, filter);
-        imageops::crop_imm(&covered, (cw - w) / 2, (ch - h) / 2, w, h).to_image()
-    } else {
-        imageops::resize(&buffer, w, h, filter)
-    };
-    Ok(RgbImage { width: out.width(), height: out.height(), rgb: out.into_raw() })
+        *slot = Some((job.model.clone(), model.clone()));
+        Ok(model)
+    })?;
+    job.images
+        .iter()
+        .map(|img| {
+            let (dest_w, dest_h) =
+                (upscale_target(img.width, job.scale), upscale_target(img.height, job.scale));
+            let mut current = RgbBuffer::new(img.width, img.height, img.rgb.clone())?;
+            for _ in 0..3 {
+                if stop() {
+                    break;
+                }
+                let before = (current.width, current.height);
+                current = tiling::upscale(&model, &current, job.tile, job.tile_overlap, stop)?;
+                if before == (current.width, current.height)
+                    || (current.width >= dest_w && current.height >= dest_h)
+                {
+                    break;
+                }
+            }
+            Ok(RgbImage { width: current.width, height: current.height, rgb: current.data })
+        })
+        .collect()
 }
 
 /// `GET /memory`: process and machine memory from `/proc` (bytes). CUDA statistics are not
