@@ -173,6 +173,24 @@ struct Node {
     depth: u32,
 }
 
+impl Node {
+    /// A node over `[start, end]` (times rounded as torchsde rounds them) that is not split yet.
+    fn unsplit(start: f64, end: f64, parent: Option<usize>, is_left: bool) -> Node {
+        Node {
+            start: round_time(start),
+            end: round_time(end),
+            parent,
+            is_left,
+            midway: None,
+            left: 0,
+            right: 0,
+            w_seed: 0,
+            spawn_key: 0,
+            depth: 0,
+        }
+    }
+}
+
 /// torchsde's `BrownianInterval` with `halfway_tree=True` and no Lévy area, for one entropy.
 struct BrownianInterval {
     nodes: Vec<Node>,
@@ -201,18 +219,7 @@ impl BrownianInterval {
         }
         let seeds = seed_sequence_state(entropy, &[], POOL_SIZE, 3);
         let w_root = normal.randn(seeds[0], shape, kind, device)? * (t1 - t0).sqrt();
-        let root = Node {
-            start: round_time(t0),
-            end: round_time(t1),
-            parent: None,
-            is_left: false,
-            midway: None,
-            left: 0,
-            right: 0,
-            w_seed: 0,
-            spawn_key: 0,
-            depth: 0,
-        };
+        let root = Node::unsplit(t0, t1, None, false);
         Ok(BrownianInterval {
             nodes: vec![root],
             entropy,
@@ -242,20 +249,8 @@ impl BrownianInterval {
         let (start, end) = (self.nodes[node].start, self.nodes[node].end);
         let left = self.nodes.len();
         let right = left + 1;
-        let child = |start: f64, end: f64, is_left: bool| Node {
-            start: round_time(start),
-            end: round_time(end),
-            parent: Some(node),
-            is_left,
-            midway: None,
-            left: 0,
-            right: 0,
-            w_seed: 0,
-            spawn_key: 0,
-            depth: 0,
-        };
-        self.nodes.push(child(start, midway, true));
-        self.nodes.push(child(midway, end, false));
+        self.nodes.push(Node::unsplit(start, midway, Some(node), true));
+        self.nodes.push(Node::unsplit(midway, end, Some(node), false));
         let n = &mut self.nodes[node];
         n.midway = Some(mid);
         n.left = left;

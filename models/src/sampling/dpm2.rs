@@ -6,7 +6,8 @@
 
 use tch::Tensor;
 
-use super::{ancestral_step, finish, sigma_batch, to_d, Churn, DenoiseFn, Flow, Sampled, SamplerCtx};
+use super::step::{self, euler_step, Stepper};
+use super::{to_d, Churn, DenoiseFn, Sampled, SamplerCtx};
 use crate::error::Result;
 
 /// `exp(lerp(log a, log b, 0.5))`, with torch's `lerp` formula for weight 0.5
@@ -14,6 +15,21 @@ use crate::error::Result;
 fn log_midpoint(a: f64, b: f64) -> f64 {
     let (la, lb) = (a.ln(), b.ln());
     (lb - (lb - la) * 0.5).exp()
+}
+
+/// The DPM2 update from `sigma` (derivative `d` at `x`) to `sigma_to`: the derivative at the
+/// log midpoint carries the full step; a step into sigma 0 is Euler.
+fn dpm_2_step(s: &mut Stepper<'_, '_, '_, '_>, x: Tensor, d: Tensor, sigma: f64, sigma_to: f64) -> Tensor {
+    if sigma_to == 0.0 {
+        return euler_step(x, d, sigma, sigma_to);
+    }
+    let sigma_mid = log_midpoint(sigma, sigma_to);
+    let dt_1 = sigma_mid - sigma;
+    let dt_2 = sigma_to - sigma;
+    let x_2 = &x + d * dt_1;
+    let denoised_2 = s.denoise(&x_2, sigma_mid);
+    let d_2 = to_d(&x_2, sigma_mid, &denoised_2);
+    x + d_2 * dt_2
 }
 
 /// DPM2 steps over `sigmas`, with Karras churn.
@@ -24,37 +40,10 @@ pub fn dpm_2(
     churn: Churn,
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(dpm_2_flow(model, x, sigmas, churn, ctx))
-}
-
-fn dpm_2_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    churn: Churn,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
-    let steps = sigmas.len().saturating_sub(1);
-    for i in 0..steps {
-        let sigma_next = sigmas[i + 1];
-        let (xc, sigma_hat) = churn.apply(ctx, x, steps, sigmas[i], sigma_next)?;
-        x = xc;
-        let denoised = model(&x, &sigma_batch(&x, sigma_hat));
-        let d = to_d(&x, sigma_hat, &denoised);
-        ctx.report(i, &x, &denoised, sigmas[i], sigma_hat)?;
-        if sigma_next == 0.0 {
-            x = x + d * (sigma_next - sigma_hat);
-        } else {
-            let sigma_mid = log_midpoint(sigma_hat, sigma_next);
-            let dt_1 = sigma_mid - sigma_hat;
-            let dt_2 = sigma_next - sigma_hat;
-            let x_2 = &x + d * dt_1;
-            let denoised_2 = model(&x_2, &sigma_batch(&x_2, sigma_mid));
-            let d_2 = to_d(&x_2, sigma_mid, &denoised_2);
-            x = x + d_2 * dt_2;
-        }
-    }
-    Ok(x)
+    step::run_churned(model, x, sigmas, churn, ctx, |s, x, d, sigma_hat| {
+        let sigma_next = s.sigma_next;
+        dpm_2_step(s, x, d, sigma_hat, sigma_next)
+    })
 }
 
 /// Ancestral DPM2 steps over `sigmas`.
@@ -66,37 +55,15 @@ pub fn dpm_2_ancestral(
     s_noise: f64,
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(dpm_2_ancestral_flow(model, x, sigmas, eta, s_noise, ctx))
-}
-
-fn dpm_2_ancestral_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    eta: f64,
-    s_noise: f64,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
-    for i in 0..sigmas.len().saturating_sub(1) {
-        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model(&x, &sigma_batch(&x, sigma));
-        let (sigma_down, sigma_up) = ancestral_step(sigma, sigma_next, eta);
-        ctx.report(i, &x, &denoised, sigma, sigma)?;
+    step::run_ancestral(model, x, sigmas, eta, ctx, |s, x, denoised, (sigma_down, sigma_up)| {
+        let sigma = s.sigma;
         let d = to_d(&x, sigma, &denoised);
+        let x = dpm_2_step(s, x, d, sigma, sigma_down);
         if sigma_down == 0.0 {
-            x = x + d * (sigma_down - sigma);
-        } else {
-            let sigma_mid = log_midpoint(sigma, sigma_down);
-            let dt_1 = sigma_mid - sigma;
-            let dt_2 = sigma_down - sigma;
-            let x_2 = &x + d * dt_1;
-            let denoised_2 = model(&x_2, &sigma_batch(&x_2, sigma_mid));
-            let d_2 = to_d(&x_2, sigma_mid, &denoised_2);
-            x = x + d_2 * dt_2;
-            // Upstream adds the noise only inside this branch: the final step to sigma 0 takes
-            // the Euler branch above and stays noise-free.
-            x = x + ctx.noise(&denoised, sigma, sigma_next)? * s_noise * sigma_up;
+            // Upstream adds the noise only after a midpoint step: the final step to sigma 0
+            // takes the Euler branch and stays noise-free.
+            return Ok(x);
         }
-    }
-    Ok(x)
+        s.ancestral_noise(x, &denoised, s_noise, sigma_up)
+    })
 }

@@ -36,6 +36,18 @@ fn ancestral_step_f32(sigma_from: f32, sigma_to: f32, eta: f64) -> (f32, f32) {
     (sigma_down, sigma_up)
 }
 
+/// Where an ancestral step from `t` towards `t_next` lands deterministically, and the noise
+/// `sigma_up` it adds back there: `(t_next, 0)` when `eta` is 0.
+fn ancestral_target(t: f32, t_next: f32, t_end: f32, eta: f64) -> (f32, f32) {
+    if eta == 0.0 {
+        return (t_next, 0.0);
+    }
+    let (sd, _) = ancestral_step_f32(sigma_of(t), sigma_of(t_next), eta);
+    let t_next_ = t_end.min(t_of(sd));
+    let (st, st_) = (sigma_of(t_next), sigma_of(t_next_));
+    (t_next_, (st * st - st_ * st_).sqrt())
+}
+
 /// The model evaluations of one solver step, cached by stage like k-diffusion's `eps_cache`.
 struct Solver<'m, 'a, 'c, 'd> {
     model: &'m mut DenoiseFn<'a>,
@@ -47,6 +59,32 @@ impl Solver<'_, '_, '_, '_> {
         let sigma = sigma_of(t);
         let denoised = (self.model)(x, &sigma_batch(x, sigma as f64));
         (x - denoised) / (sigma as f64)
+    }
+
+    /// `eps` at the intermediate time `t + r1 h`, reached by a first-order step, unless the
+    /// caller already has it (k-diffusion's `eps_cache`).
+    fn eps_r1(
+        &mut self,
+        x: &Tensor,
+        t: f32,
+        h: f32,
+        r1: f32,
+        eps: &Tensor,
+        cached: Option<&Tensor>,
+    ) -> Tensor {
+        if let Some(e) = cached {
+            return e.shallow_clone();
+        }
+        let s1 = t + r1 * h;
+        let u1 = x - eps * ((sigma_of(s1) * (r1 * h).exp_m1()) as f64);
+        self.eps(&u1, s1)
+    }
+
+    /// `x + z · (sigma_up · s_noise)` with `z` shaped like `like`, drawn for the step between
+    /// the times `ts`; the factor is float32, as upstream's.
+    fn add_noise(&mut self, x: Tensor, like: &Tensor, ts: (f32, f32), su: f32, s_noise: f64) -> Flow<Tensor> {
+        let noise = self.ctx.noise(like, sigma_of(ts.0) as f64, sigma_of(ts.1) as f64)?;
+        Ok(x + noise * ((su * s_noise as f32) as f64))
     }
 
     fn step_1(&mut self, x: &Tensor, t: f32, t_next: f32, eps: &Tensor) -> Tensor {
@@ -65,15 +103,7 @@ impl Solver<'_, '_, '_, '_> {
         eps_r1: Option<&Tensor>,
     ) -> (Tensor, Tensor) {
         let h = t_next - t;
-        let r1f = r1 as f32;
-        let s1 = t + r1f * h;
-        let eps_r1 = match eps_r1 {
-            Some(e) => e.shallow_clone(),
-            None => {
-                let u1 = x - eps * ((sigma_of(s1) * (r1f * h).exp_m1()) as f64);
-                self.eps(&u1, s1)
-            }
-        };
+        let eps_r1 = self.eps_r1(x, t, h, r1 as f32, eps, eps_r1);
         let c1 = sigma_of(t_next) * h.exp_m1();
         let c2 = sigma_of(t_next) / ((2.0 * r1) as f32) * h.exp_m1();
         let x_2 = x - eps * (c1 as f64) - (&eps_r1 - eps) * (c2 as f64);
@@ -85,15 +115,8 @@ impl Solver<'_, '_, '_, '_> {
         let (r1, r2) = (1.0 / 3.0, 2.0 / 3.0);
         let (r1f, r2f) = (r1 as f32, r2 as f32);
         let h = t_next - t;
-        let s1 = t + r1f * h;
         let s2 = t + r2f * h;
-        let eps_r1 = match eps_r1 {
-            Some(e) => e.shallow_clone(),
-            None => {
-                let u1 = x - eps * ((sigma_of(s1) * (r1f * h).exp_m1()) as f64);
-                self.eps(&u1, s1)
-            }
-        };
+        let eps_r1 = self.eps_r1(x, t, h, r1f, eps, eps_r1);
         let a = sigma_of(s2) * (r2f * h).exp_m1();
         let b = sigma_of(s2) * ((r2 / r1) as f32) * ((r2f * h).exp_m1() / (r2f * h) - 1.0);
         let u2 = x - eps * (a as f64) - (&eps_r1 - eps) * (b as f64);
@@ -128,61 +151,57 @@ pub fn dpm_fast(
     if n == 0 {
         return Err(Error::Sampling("DPM fast needs at least one model evaluation".into()));
     }
-    finish(dpm_fast_flow(model, x, sigma_min as f32, sigma_max as f32, n, eta, s_noise, ctx))
+    let mut solver = Solver { model, ctx };
+    finish(solver.fast(x, sigma_min as f32, sigma_max as f32, n, eta, s_noise))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn dpm_fast_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigma_min: f32,
-    sigma_max: f32,
-    nfe: usize,
-    eta: f64,
-    s_noise: f64,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
-    let (t_start, t_end) = (t_of(sigma_max), t_of(sigma_min));
-    if t_end <= t_start && eta != 0.0 {
-        return Err(Error::Sampling("eta must be 0 for reverse sampling".into()).into());
-    }
-    let m = nfe / 3 + 1;
-    let ts =
-        Tensor::linspace(t_start as f64, t_end as f64, m as i64 + 1, (tch::Kind::Float, tch::Device::Cpu));
-    let ts: Vec<f32> = Vec::<f32>::try_from(&ts)?;
-    let orders: Vec<usize> = if nfe.is_multiple_of(3) {
-        let mut o = vec![3; m - 2];
-        o.extend([2, 1]);
-        o
-    } else {
-        let mut o = vec![3; m - 1];
-        o.push(nfe % 3);
-        o
-    };
-    let mut solver = Solver { model, ctx };
-    for (i, &order) in orders.iter().enumerate() {
-        let (t, t_next) = (ts[i], ts[i + 1]);
-        let (t_next_, su) = if eta != 0.0 {
-            let (sd, _) = ancestral_step_f32(sigma_of(t), sigma_of(t_next), eta);
-            let t_next_ = t_end.min(t_of(sd));
-            let st = sigma_of(t_next);
-            let st_ = sigma_of(t_next_);
-            (t_next_, (st * st - st_ * st_).sqrt())
+impl Solver<'_, '_, '_, '_> {
+    /// The loop of [`dpm_fast`] with `nfe` model evaluations.
+    fn fast(
+        &mut self,
+        mut x: Tensor,
+        sigma_min: f32,
+        sigma_max: f32,
+        nfe: usize,
+        eta: f64,
+        s_noise: f64,
+    ) -> Flow<Tensor> {
+        let (t_start, t_end) = (t_of(sigma_max), t_of(sigma_min));
+        if t_end <= t_start && eta != 0.0 {
+            return Err(Error::Sampling("eta must be 0 for reverse sampling".into()).into());
+        }
+        let m = nfe / 3 + 1;
+        let ts = Tensor::linspace(
+            t_start as f64,
+            t_end as f64,
+            m as i64 + 1,
+            (tch::Kind::Float, tch::Device::Cpu),
+        );
+        let ts: Vec<f32> = Vec::<f32>::try_from(&ts)?;
+        let orders: Vec<usize> = if nfe.is_multiple_of(3) {
+            let mut o = vec![3; m - 2];
+            o.extend([2, 1]);
+            o
         } else {
-            (t_next, 0.0)
+            let mut o = vec![3; m - 1];
+            o.push(nfe % 3);
+            o
         };
-        let eps = solver.eps(&x, t);
-        let denoised = &x - &eps * (sigma_of(t) as f64);
-        solver.ctx.report(i, &x, &denoised, sigma_of(t) as f64, sigma_of(t) as f64)?;
-        x = match order {
-            1 => solver.step_1(&x, t, t_next_, &eps),
-            2 => solver.step_2(&x, t, t_next_, 0.5, &eps, None).0,
-            _ => solver.step_3(&x, t, t_next_, &eps, None),
-        };
-        let noise = solver.ctx.noise(&x, sigma_of(t) as f64, sigma_of(t_next) as f64)?;
-        x = x + noise * ((su * s_noise as f32) as f64);
+        for (i, &order) in orders.iter().enumerate() {
+            let (t, t_next) = (ts[i], ts[i + 1]);
+            let (t_next_, su) = ancestral_target(t, t_next, t_end, eta);
+            let eps = self.eps(&x, t);
+            let denoised = &x - &eps * (sigma_of(t) as f64);
+            self.ctx.report(i, &x, &denoised, sigma_of(t) as f64, sigma_of(t) as f64)?;
+            x = match order {
+                1 => self.step_1(&x, t, t_next_, &eps),
+                2 => self.step_2(&x, t, t_next_, 0.5, &eps, None).0,
+                _ => self.step_3(&x, t, t_next_, &eps, None),
+            };
+            x = self.add_noise(x.shallow_clone(), &x, (t, t_next), su, s_noise)?;
+        }
+        Ok(x)
     }
-    Ok(x)
 }
 
 /// Settings of DPM adaptive (k-diffusion defaults; A1111 passes only `eta`).
@@ -258,72 +277,66 @@ pub fn dpm_adaptive(
     if !matches!(opts.order, 2 | 3) {
         return Err(Error::Sampling("DPM adaptive order should be 2 or 3".into()));
     }
-    finish(dpm_adaptive_flow(model, x, sigma_min as f32, sigma_max as f32, opts, ctx))
+    let mut solver = Solver { model, ctx };
+    finish(solver.adaptive(x, sigma_min as f32, sigma_max as f32, opts))
 }
 
-fn dpm_adaptive_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigma_min: f32,
-    sigma_max: f32,
-    o: &AdaptiveOptions,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
-    let (t_start, t_end) = (t_of(sigma_max), t_of(sigma_min));
-    let forward = t_end > t_start;
-    if !forward && o.eta != 0.0 {
-        return Err(Error::Sampling("eta must be 0 for reverse sampling".into()).into());
-    }
-    let h_init = o.h_init.abs() * if forward { 1.0 } else { -1.0 };
-    // `torch.tensor(atol)` / `torch.tensor(rtol)`: float32 constants.
-    let atol = o.atol as f32 as f64;
-    let rtol = o.rtol as f32 as f64;
-    let order_for_pid = if o.eta != 0.0 { 1.5 } else { o.order as f64 };
-    let mut pid = Pid {
-        h: h_init,
-        b1: (o.pcoeff + o.icoeff + o.dcoeff) / order_for_pid,
-        b2: -(o.pcoeff + 2.0 * o.dcoeff) / order_for_pid,
-        b3: o.dcoeff / order_for_pid,
-        accept_safety: o.accept_safety,
-        errs: None,
-    };
-    let numel = x.numel() as f64;
-    let mut s = t_start;
-    let mut x_prev = x.shallow_clone();
-    let mut attempts = 0usize;
-    let mut solver = Solver { model, ctx };
-    let limit = 1e-5_f64 as f32;
-    while if forward { s < t_end - limit } else { s > t_end + limit } {
-        let t = if forward { t_end.min(s + pid.h as f32) } else { t_end.max(s + pid.h as f32) };
-        let (t_, su) = if o.eta != 0.0 {
-            let (sd, _) = ancestral_step_f32(sigma_of(s), sigma_of(t), o.eta);
-            let t_ = t_end.min(t_of(sd));
-            let (a, b) = (sigma_of(t), sigma_of(t_));
-            (t_, (a * a - b * b).sqrt())
-        } else {
-            (t, 0.0)
-        };
-        let eps = solver.eps(&x, s);
-        let denoised = &x - &eps * (sigma_of(s) as f64);
-        let (x_low, x_high) = if o.order == 2 {
-            let low = solver.step_1(&x, s, t_, &eps);
-            let (high, _) = solver.step_2(&x, s, t_, 0.5, &eps, None);
-            (low, high)
-        } else {
-            let (low, eps_r1) = solver.step_2(&x, s, t_, 1.0 / 3.0, &eps, None);
-            let high = solver.step_3(&x, s, t_, &eps, Some(&eps_r1));
-            (low, high)
-        };
-        let delta = (x_low.abs().maximum(&x_prev.abs()) * rtol).clamp_min(atol);
-        let error = ((&x_low - &x_high) / delta).norm().double_value(&[]) / numel.sqrt();
-        if pid.propose(error) {
-            x_prev = x_low;
-            let noise = solver.ctx.noise(&x, sigma_of(s) as f64, sigma_of(t) as f64)?;
-            x = x_high + noise * ((su * o.s_noise as f32) as f64);
-            s = t;
+impl Solver<'_, '_, '_, '_> {
+    /// The loop of [`dpm_adaptive`].
+    fn adaptive(
+        &mut self,
+        mut x: Tensor,
+        sigma_min: f32,
+        sigma_max: f32,
+        o: &AdaptiveOptions,
+    ) -> Flow<Tensor> {
+        let (t_start, t_end) = (t_of(sigma_max), t_of(sigma_min));
+        let forward = t_end > t_start;
+        if !forward && o.eta != 0.0 {
+            return Err(Error::Sampling("eta must be 0 for reverse sampling".into()).into());
         }
-        attempts += 1;
-        solver.ctx.report(attempts - 1, &x, &denoised, sigma_of(s) as f64, sigma_of(s) as f64)?;
+        let h_init = o.h_init.abs() * if forward { 1.0 } else { -1.0 };
+        // `torch.tensor(atol)` / `torch.tensor(rtol)`: float32 constants.
+        let atol = o.atol as f32 as f64;
+        let rtol = o.rtol as f32 as f64;
+        let order_for_pid = if o.eta != 0.0 { 1.5 } else { o.order as f64 };
+        let mut pid = Pid {
+            h: h_init,
+            b1: (o.pcoeff + o.icoeff + o.dcoeff) / order_for_pid,
+            b2: -(o.pcoeff + 2.0 * o.dcoeff) / order_for_pid,
+            b3: o.dcoeff / order_for_pid,
+            accept_safety: o.accept_safety,
+            errs: None,
+        };
+        let numel = x.numel() as f64;
+        let mut s = t_start;
+        let mut x_prev = x.shallow_clone();
+        let mut attempts = 0usize;
+        let limit = 1e-5_f64 as f32;
+        while if forward { s < t_end - limit } else { s > t_end + limit } {
+            let t = if forward { t_end.min(s + pid.h as f32) } else { t_end.max(s + pid.h as f32) };
+            let (t_, su) = ancestral_target(s, t, t_end, o.eta);
+            let eps = self.eps(&x, s);
+            let denoised = &x - &eps * (sigma_of(s) as f64);
+            let (x_low, x_high) = if o.order == 2 {
+                let low = self.step_1(&x, s, t_, &eps);
+                let (high, _) = self.step_2(&x, s, t_, 0.5, &eps, None);
+                (low, high)
+            } else {
+                let (low, eps_r1) = self.step_2(&x, s, t_, 1.0 / 3.0, &eps, None);
+                let high = self.step_3(&x, s, t_, &eps, Some(&eps_r1));
+                (low, high)
+            };
+            let delta = (x_low.abs().maximum(&x_prev.abs()) * rtol).clamp_min(atol);
+            let error = ((&x_low - &x_high) / delta).norm().double_value(&[]) / numel.sqrt();
+            if pid.propose(error) {
+                x_prev = x_low;
+                x = self.add_noise(x_high, &x, (s, t), su, o.s_noise)?;
+                s = t;
+            }
+            attempts += 1;
+            self.ctx.report(attempts - 1, &x, &denoised, sigma_of(s) as f64, sigma_of(s) as f64)?;
+        }
+        Ok(x)
     }
-    Ok(x)
 }

@@ -10,7 +10,8 @@
 
 use tch::Tensor;
 
-use super::{ancestral_step, finish, sigma_batch, to_d, DenoiseFn, Flow, Sampled, SamplerCtx, SolverType};
+use super::step::{self, euler_step, Stepper};
+use super::{ancestral_step, to_d, DenoiseFn, Flow, Sampled, SamplerCtx, SolverType};
 use crate::error::Result;
 
 fn t_fn(sigma: f64) -> f64 {
@@ -19,6 +20,17 @@ fn t_fn(sigma: f64) -> f64 {
 
 fn sigma_fn(t: f64) -> f64 {
     (-t).exp()
+}
+
+/// The SDE samplers' noise term: `x + z · sigma_next · sqrt(1 - e^(-2 eta h)) · s_noise`, with
+/// `z` drawn for this step (nothing when `eta` is 0).
+fn sde_noise(s: &mut Stepper<'_, '_, '_, '_>, x: Tensor, eta: f64, eta_h: f64, s_noise: f64) -> Flow<Tensor> {
+    if eta == 0.0 {
+        return Ok(x);
+    }
+    let (sigma, sigma_next) = (s.sigma, s.sigma_next);
+    let scale = sigma_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * s_noise;
+    Ok(s.noise(&x, sigma, sigma_next)? * scale + x)
 }
 
 /// DPM-Solver++(2S) ancestral steps over `sigmas`.
@@ -30,39 +42,25 @@ pub fn dpmpp_2s_ancestral(
     s_noise: f64,
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(dpmpp_2s_ancestral_flow(model, x, sigmas, eta, s_noise, ctx))
-}
-
-fn dpmpp_2s_ancestral_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    eta: f64,
-    s_noise: f64,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
-    for i in 0..sigmas.len().saturating_sub(1) {
-        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model(&x, &sigma_batch(&x, sigma));
-        let (sigma_down, sigma_up) = ancestral_step(sigma, sigma_next, eta);
-        ctx.report(i, &x, &denoised, sigma, sigma)?;
-        if sigma_down == 0.0 {
+    step::run_ancestral(model, x, sigmas, eta, ctx, |s, x, denoised, (sigma_down, sigma_up)| {
+        let (sigma, sigma_next) = (s.sigma, s.sigma_next);
+        let x = if sigma_down == 0.0 {
             let d = to_d(&x, sigma, &denoised);
-            x = x + d * (sigma_down - sigma);
+            euler_step(x, d, sigma, sigma_down)
         } else {
             let (t, t_next) = (t_fn(sigma), t_fn(sigma_down));
             let r = 0.5;
             let h = t_next - t;
-            let s = t + r * h;
-            let x_2 = &x * (sigma_fn(s) / sigma_fn(t)) - &denoised * (-h * r).exp_m1();
-            let denoised_2 = model(&x_2, &sigma_batch(&x_2, sigma_fn(s)));
-            x = x * (sigma_fn(t_next) / sigma_fn(t)) - denoised_2 * (-h).exp_m1();
-        }
+            let s_mid = t + r * h;
+            let x_2 = &x * (sigma_fn(s_mid) / sigma_fn(t)) - &denoised * (-h * r).exp_m1();
+            let denoised_2 = s.denoise(&x_2, sigma_fn(s_mid));
+            x * (sigma_fn(t_next) / sigma_fn(t)) - denoised_2 * (-h).exp_m1()
+        };
         if sigma_next > 0.0 {
-            x = x + ctx.noise(&denoised, sigma, sigma_next)? * s_noise * sigma_up;
+            return s.ancestral_noise(x, &denoised, s_noise, sigma_up);
         }
-    }
-    Ok(x)
+        Ok(x)
+    })
 }
 
 /// DPM-Solver++(2M) steps over `sigmas` (deterministic).
@@ -72,26 +70,16 @@ pub fn dpmpp_2m(
     sigmas: &[f64],
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(dpmpp_2m_flow(model, x, sigmas, ctx))
-}
-
-fn dpmpp_2m_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
     let mut old_denoised: Option<Tensor> = None;
-    for i in 0..sigmas.len().saturating_sub(1) {
-        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model(&x, &sigma_batch(&x, sigma));
-        ctx.report(i, &x, &denoised, sigma, sigma)?;
+    step::run(model, x, sigmas, ctx, |s, x| {
+        let (sigma, sigma_next) = (s.sigma, s.sigma_next);
+        let denoised = s.denoise_reported(&x, sigma)?;
         let (t, t_next) = (t_fn(sigma), t_fn(sigma_next));
         let h = t_next - t;
         let scale = sigma_fn(t_next) / sigma_fn(t);
-        x = match &old_denoised {
+        let x = match &old_denoised {
             Some(old) if sigma_next != 0.0 => {
-                let h_last = t - t_fn(sigmas[i - 1]);
+                let h_last = t - t_fn(sigmas[s.i - 1]);
                 let r = h_last / h;
                 let denoised_d = &denoised * (1.0 + 1.0 / (2.0 * r)) - old * (1.0 / (2.0 * r));
                 x * scale - denoised_d * (-h).exp_m1()
@@ -99,8 +87,8 @@ fn dpmpp_2m_flow(
             _ => x * scale - &denoised * (-h).exp_m1(),
         };
         old_denoised = Some(denoised);
-    }
-    Ok(x)
+        Ok(x)
+    })
 }
 
 /// DPM-Solver++ (stochastic, "DPM++ SDE") steps over `sigmas`: a stochastic midpoint step at
@@ -114,47 +102,32 @@ pub fn dpmpp_sde(
     r: f64,
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(dpmpp_sde_flow(model, x, sigmas, eta, s_noise, r, ctx))
-}
-
-fn dpmpp_sde_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    eta: f64,
-    s_noise: f64,
-    r: f64,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
-    for i in 0..sigmas.len().saturating_sub(1) {
-        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model(&x, &sigma_batch(&x, sigma));
-        ctx.report(i, &x, &denoised, sigma, sigma)?;
+    step::run(model, x, sigmas, ctx, |s, x| {
+        let (sigma, sigma_next) = (s.sigma, s.sigma_next);
+        let denoised = s.denoise_reported(&x, sigma)?;
         if sigma_next == 0.0 {
             let d = to_d(&x, sigma, &denoised);
-            x = x + d * (sigma_next - sigma);
-            continue;
+            return Ok(euler_step(x, d, sigma, sigma_next));
         }
         let (t, t_next) = (t_fn(sigma), t_fn(sigma_next));
         let h = t_next - t;
-        let s = t + h * r;
+        let s_mid = t + h * r;
         let fac = 1.0 / (2.0 * r);
 
         // Step 1: to the intermediate time s.
-        let (sd, su) = ancestral_step(sigma_fn(t), sigma_fn(s), eta);
+        let (sd, su) = ancestral_step(sigma_fn(t), sigma_fn(s_mid), eta);
         let s_ = t_fn(sd);
         let x_2 = &x * (sigma_fn(s_) / sigma_fn(t)) - &denoised * (t - s_).exp_m1();
-        let x_2 = ctx.noise(&x_2, sigma_fn(t), sigma_fn(s))? * s_noise * su + x_2;
-        let denoised_2 = model(&x_2, &sigma_batch(&x_2, sigma_fn(s)));
+        let x_2 = s.noise(&x_2, sigma_fn(t), sigma_fn(s_mid))? * s_noise * su + x_2;
+        let denoised_2 = s.denoise(&x_2, sigma_fn(s_mid));
 
         // Step 2: the full step with the blended estimate.
         let (sd, su) = ancestral_step(sigma_fn(t), sigma_fn(t_next), eta);
         let t_next_ = t_fn(sd);
         let denoised_d = &denoised * (1.0 - fac) + denoised_2 * fac;
-        x = x * (sigma_fn(t_next_) / sigma_fn(t)) - denoised_d * (t - t_next_).exp_m1();
-        x = ctx.noise(&x, sigma_fn(t), sigma_fn(t_next))? * s_noise * su + x;
-    }
-    Ok(x)
+        let x = x * (sigma_fn(t_next_) / sigma_fn(t)) - denoised_d * (t - t_next_).exp_m1();
+        Ok(s.noise(&x, sigma_fn(t), sigma_fn(t_next))? * s_noise * su + x)
+    })
 }
 
 /// DPM-Solver++(2M) SDE steps over `sigmas`; the step to sigma 0 returns the denoised estimate.
@@ -167,32 +140,19 @@ pub fn dpmpp_2m_sde(
     solver_type: SolverType,
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(dpmpp_2m_sde_flow(model, x, sigmas, eta, s_noise, solver_type, ctx))
-}
-
-fn dpmpp_2m_sde_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    eta: f64,
-    s_noise: f64,
-    solver_type: SolverType,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
     let mut old_denoised: Option<Tensor> = None;
     let mut h_last: Option<f64> = None;
-    for i in 0..sigmas.len().saturating_sub(1) {
-        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model(&x, &sigma_batch(&x, sigma));
-        ctx.report(i, &x, &denoised, sigma, sigma)?;
+    step::run(model, x, sigmas, ctx, |s, mut x| {
+        let (sigma, sigma_next) = (s.sigma, s.sigma_next);
+        let denoised = s.denoise_reported(&x, sigma)?;
         // `h` is kept from the previous step when this one has no h (k-diffusion carries the
         // Python variable over); only the final step, which leaves the loop, can lack it.
         let mut h = h_last.unwrap_or(0.0);
         if sigma_next == 0.0 {
             x = denoised.shallow_clone();
         } else {
-            let (t, s) = (-sigma.ln(), -sigma_next.ln());
-            h = s - t;
+            let (t, s_next) = (-sigma.ln(), -sigma_next.ln());
+            h = s_next - t;
             let eta_h = eta * h;
             let phi = -(-h - eta_h).exp_m1();
             x = x * (sigma_next / sigma * (-eta_h).exp()) + &denoised * phi;
@@ -204,15 +164,12 @@ fn dpmpp_2m_sde_flow(
                     SolverType::Midpoint => x + diff * (0.5 * phi * (1.0 / r)),
                 };
             }
-            if eta != 0.0 {
-                let scale = sigma_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * s_noise;
-                x = ctx.noise(&x, sigma, sigma_next)? * scale + x;
-            }
+            x = sde_noise(s, x, eta, eta_h, s_noise)?;
         }
         old_denoised = Some(denoised);
         h_last = Some(h);
-    }
-    Ok(x)
+        Ok(x)
+    })
 }
 
 /// DPM-Solver++(3M) SDE steps over `sigmas`; the step to sigma 0 returns the denoised estimate.
@@ -224,29 +181,17 @@ pub fn dpmpp_3m_sde(
     s_noise: f64,
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(dpmpp_3m_sde_flow(model, x, sigmas, eta, s_noise, ctx))
-}
-
-fn dpmpp_3m_sde_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    eta: f64,
-    s_noise: f64,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
     let (mut denoised_1, mut denoised_2): (Option<Tensor>, Option<Tensor>) = (None, None);
     let (mut h_1, mut h_2): (Option<f64>, Option<f64>) = (None, None);
-    for i in 0..sigmas.len().saturating_sub(1) {
-        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model(&x, &sigma_batch(&x, sigma));
-        ctx.report(i, &x, &denoised, sigma, sigma)?;
+    step::run(model, x, sigmas, ctx, |s, mut x| {
+        let (sigma, sigma_next) = (s.sigma, s.sigma_next);
+        let denoised = s.denoise_reported(&x, sigma)?;
         let mut h = h_1.unwrap_or(0.0);
         if sigma_next == 0.0 {
             x = denoised.shallow_clone();
         } else {
-            let (t, s) = (-sigma.ln(), -sigma_next.ln());
-            h = s - t;
+            let (t, s_next) = (-sigma.ln(), -sigma_next.ln());
+            h = s_next - t;
             let h_eta = h * (eta + 1.0);
             x = x * (-h_eta).exp() + &denoised * -(-h_eta).exp_m1();
             if let (Some(h1), Some(h2), Some(d1), Some(d2)) = (h_1, h_2, &denoised_1, &denoised_2) {
@@ -265,15 +210,12 @@ fn dpmpp_3m_sde_flow(
                 let phi_2 = (-h_eta).exp_m1() / h_eta + 1.0;
                 x = x + d * phi_2;
             }
-            if eta != 0.0 {
-                let scale = sigma_next * (-(-2.0 * h * eta).exp_m1()).sqrt() * s_noise;
-                x = ctx.noise(&x, sigma, sigma_next)? * scale + x;
-            }
+            x = sde_noise(s, x, eta, h * eta, s_noise)?;
         }
         denoised_2 = denoised_1.take();
         denoised_1 = Some(denoised);
         h_2 = h_1;
         h_1 = Some(h);
-    }
-    Ok(x)
+        Ok(x)
+    })
 }

@@ -4,7 +4,8 @@
 
 use tch::Tensor;
 
-use super::{finish, sigma_batch, to_d, Churn, DenoiseFn, Flow, Sampled, SamplerCtx};
+use super::step::{self, euler_step, Stepper};
+use super::{to_d, Churn, DenoiseFn, Sampled, SamplerCtx};
 use crate::error::Result;
 
 /// Heun steps over `sigmas`, with Karras churn.
@@ -15,34 +16,21 @@ pub fn heun(
     churn: Churn,
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(heun_flow(model, x, sigmas, churn, ctx))
+    step::run_churned(model, x, sigmas, churn, ctx, heun_step)
 }
 
-fn heun_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    churn: Churn,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
-    let steps = sigmas.len().saturating_sub(1);
-    for i in 0..steps {
-        let sigma_next = sigmas[i + 1];
-        let (xc, sigma_hat) = churn.apply(ctx, x, steps, sigmas[i], sigma_next)?;
-        x = xc;
-        let denoised = model(&x, &sigma_batch(&x, sigma_hat));
-        let d = to_d(&x, sigma_hat, &denoised);
-        ctx.report(i, &x, &denoised, sigmas[i], sigma_hat)?;
-        let dt = sigma_next - sigma_hat;
-        if sigma_next == 0.0 {
-            x = x + d * dt;
-        } else {
-            let x_2 = &x + &d * dt;
-            let denoised_2 = model(&x_2, &sigma_batch(&x_2, sigma_next));
-            let d_2 = to_d(&x_2, sigma_next, &denoised_2);
-            let d_prime = (d + d_2) / 2.0;
-            x = x + d_prime * dt;
-        }
+/// The Heun update from `sigma` (derivative `d` at `x`) to the step's `sigma_next`: the
+/// trapezoid of the derivatives at both ends, or an Euler step into sigma 0. Restart takes the
+/// same step.
+pub(crate) fn heun_step(s: &mut Stepper<'_, '_, '_, '_>, x: Tensor, d: Tensor, sigma: f64) -> Tensor {
+    let sigma_next = s.sigma_next;
+    if sigma_next == 0.0 {
+        return euler_step(x, d, sigma, sigma_next);
     }
-    Ok(x)
+    let dt = sigma_next - sigma;
+    let x_2 = &x + &d * dt;
+    let denoised_2 = s.denoise(&x_2, sigma_next);
+    let d_2 = to_d(&x_2, sigma_next, &denoised_2);
+    let d_prime = (d + d_2) / 2.0;
+    x + d_prime * dt
 }

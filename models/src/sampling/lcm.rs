@@ -4,7 +4,8 @@
 
 use tch::Tensor;
 
-use super::{finish, sigma_batch, DenoiseFn, Flow, Sampled, SamplerCtx};
+use super::step;
+use super::{DenoiseFn, Sampled, SamplerCtx};
 use crate::error::Result;
 
 /// LCM steps over `sigmas`.
@@ -14,23 +15,12 @@ pub fn lcm(
     sigmas: &[f64],
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(lcm_flow(model, x, sigmas, ctx))
-}
-
-fn lcm_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
-    for i in 0..sigmas.len().saturating_sub(1) {
-        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model(&x, &sigma_batch(&x, sigma));
-        ctx.report(i, &x, &denoised, sigma, sigma)?;
-        x = denoised;
-        if sigma_next > 0.0 {
-            x = ctx.noise(&x, sigma, sigma_next)? * sigma_next + x;
+    step::run(model, x, sigmas, ctx, |s, x| {
+        let x = s.denoise_reported(&x, s.sigma)?;
+        if s.sigma_next > 0.0 {
+            let (sigma, sigma_next) = (s.sigma, s.sigma_next);
+            return Ok(s.noise(&x, sigma, sigma_next)? * sigma_next + x);
         }
-    }
-    Ok(x)
+        Ok(x)
+    })
 }

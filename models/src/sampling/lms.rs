@@ -11,7 +11,8 @@
 use tch::Tensor;
 
 use super::special::gauss_kronrod_21;
-use super::{finish, sigma_batch, to_d, DenoiseFn, Flow, Sampled, SamplerCtx};
+use super::step;
+use super::{to_d, DenoiseFn, Sampled, SamplerCtx};
 use crate::error::{Error, Result};
 
 /// k-diffusion's (and A1111's) LMS order.
@@ -44,36 +45,25 @@ pub fn lms(
     order: usize,
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
-    finish(lms_flow(model, x, sigmas, order, ctx))
-}
-
-fn lms_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    sigmas: &[f64],
-    order: usize,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
     let mut ds: Vec<Tensor> = Vec::with_capacity(order + 1);
-    for i in 0..sigmas.len().saturating_sub(1) {
-        let denoised = model(&x, &sigma_batch(&x, sigmas[i]));
-        ds.push(to_d(&x, sigmas[i], &denoised));
+    step::run(model, x, sigmas, ctx, |s, x| {
+        let denoised = s.denoise_reported(&x, s.sigma)?;
+        ds.push(to_d(&x, s.sigma, &denoised));
         if ds.len() > order {
             drop(ds.remove(0));
         }
-        ctx.report(i, &x, &denoised, sigmas[i], sigmas[i])?;
-        let cur_order = (i + 1).min(order);
+        let cur_order = (s.i + 1).min(order);
         let mut update: Option<Tensor> = None;
         for (j, d) in ds.iter().rev().enumerate().take(cur_order) {
-            let term = d * linear_multistep_coeff(cur_order, sigmas, i, j)?;
+            let term = d * linear_multistep_coeff(cur_order, sigmas, s.i, j)?;
             update = Some(match update {
                 None => term,
                 Some(acc) => acc + term,
             });
         }
-        if let Some(u) = update {
-            x = x + u;
-        }
-    }
-    Ok(x)
+        Ok(match update {
+            Some(u) => x + u,
+            None => x,
+        })
+    })
 }

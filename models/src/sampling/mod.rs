@@ -4,6 +4,8 @@
 //! - [`schedule`]: the SD1 discrete schedule, sigma↔timestep conversion, every A1111 scheduler.
 //! - [`denoiser`]: the eps-model → denoiser wrappers (`CompVisDenoiser`, A1111's LCM denoiser).
 //! - [`noise`], [`brownian`]: where samplers get noise (per-image stream or Brownian tree).
+//! - `step`: the per-step loop the sigma-schedule samplers share (sigma pairs, model evaluation,
+//!   callback and stop, noise draws), so each sampler module states only its step's mathematics.
 //! - One module per sampler family: [`euler`], [`heun`], [`dpm2`], [`lms`], [`dpmpp`],
 //!   [`dpm_solver`], [`restart`], [`lcm`], [`timestep`] (DDIM, DDIM CFG++, PLMS), [`unipc`].
 //! - Here: [`SamplerKind`] / [`SchedulerKind`] with A1111's per-sampler options, the
@@ -38,6 +40,7 @@ pub mod noise;
 pub mod restart;
 pub mod schedule;
 pub mod special;
+mod step;
 pub mod timestep;
 pub mod unipc;
 

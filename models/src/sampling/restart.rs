@@ -10,8 +10,10 @@
 
 use tch::Tensor;
 
+use super::heun::heun_step;
 use super::schedule::karras;
-use super::{finish, sigma_batch, to_d, DenoiseFn, Flow, Sampled, SamplerCtx};
+use super::step;
+use super::{to_d, DenoiseFn, Sampled, SamplerCtx};
 use crate::error::Result;
 
 fn argmin_distance(sigmas: &[f64], key: f64) -> usize {
@@ -72,38 +74,20 @@ pub fn restart(
     ctx: &mut SamplerCtx<'_>,
 ) -> Result<Sampled> {
     let list = restart_steps(sigmas)?;
-    finish(restart_flow(model, x, &list, s_noise, ctx))
-}
-
-fn restart_flow(
-    model: &mut DenoiseFn<'_>,
-    mut x: Tensor,
-    list: &[(f64, f64)],
-    s_noise: f64,
-    ctx: &mut SamplerCtx<'_>,
-) -> Flow<Tensor> {
     let mut last_sigma: Option<f64> = None;
-    for (step_id, &(old_sigma, new_sigma)) in list.iter().enumerate() {
+    step::run_pairs(model, x, &list, ctx, |s, mut x| {
+        let (old_sigma, new_sigma) = (s.sigma, s.sigma_next);
         if let Some(last) = last_sigma {
             if last < old_sigma {
-                let noise = ctx.noise(&x, last, old_sigma)?;
+                let noise = s.noise(&x, last, old_sigma)?;
                 x = x + noise * s_noise * (old_sigma * old_sigma - last * last).sqrt();
             }
         }
-        // Heun step (Euler into sigma 0).
-        let denoised = model(&x, &sigma_batch(&x, old_sigma));
+        let denoised = s.denoise(&x, old_sigma);
         let d = to_d(&x, old_sigma, &denoised);
-        ctx.report(step_id, &x, &denoised, new_sigma, old_sigma)?;
-        let dt = new_sigma - old_sigma;
-        if new_sigma == 0.0 {
-            x = x + d * dt;
-        } else {
-            let x_2 = &x + &d * dt;
-            let denoised_2 = model(&x_2, &sigma_batch(&x_2, new_sigma));
-            let d_2 = to_d(&x_2, new_sigma, &denoised_2);
-            x = x + (d + d_2) / 2.0 * dt;
-        }
+        // A1111 reports the target level as `sigma` and the start level as `sigma_hat`.
+        s.report(&x, &denoised, new_sigma, old_sigma)?;
         last_sigma = Some(new_sigma);
-    }
-    Ok(x)
+        Ok(heun_step(s, x, d, old_sigma))
+    })
 }

@@ -106,6 +106,18 @@ fn linspace_f32(start: f64, end: f64, n: usize) -> Result<Vec<f64>> {
     super::schedule::tensor_to_vec(&t)
 }
 
+/// What both update rules start from: the step `h` in lambda, the ratios `r_k` of the earlier
+/// steps to it, the scaled differences `D1_k` of the stored predictions, `alpha_t`,
+/// `h_phi_1 = expm1(-h)` and the first-order prediction `x_t_`.
+struct Setup {
+    h: f64,
+    rks: Vec<f64>,
+    d1s: Vec<Tensor>,
+    alpha_t: f64,
+    h_phi_1: f64,
+    x_t_: Tensor,
+}
+
 struct UniPc<'m, 'a, 'c, 'd> {
     model: &'m mut TimestepEpsFn<'a>,
     ctx: &'c mut SamplerCtx<'d>,
@@ -150,20 +162,15 @@ impl UniPc<'_, '_, '_, '_> {
         order: usize,
         use_corrector: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        let setup = self.setup(x, models, ts, t, order);
         match self.variant {
-            Variant::VaryCoeff => self.update_vary(x, models, ts, t, order, use_corrector),
-            _ => self.update_bh(x, models, ts, t, order, use_corrector),
+            Variant::VaryCoeff => self.update_vary(setup, models, t, use_corrector),
+            _ => self.update_bh(setup, models, t, order, use_corrector),
         }
     }
 
-    /// Shared set-up: `h`, the ratios `r_k` and the scaled differences `D1_k`.
-    fn differences(
-        &self,
-        models: &[Tensor],
-        ts: &[f64],
-        t: f64,
-        order: usize,
-    ) -> (f64, Vec<f64>, Vec<Tensor>) {
+    /// What both update rules start from (see [`Setup`]).
+    fn setup(&self, x: &Tensor, models: &[Tensor], ts: &[f64], t: f64, order: usize) -> Setup {
         let last = ts.len() - 1;
         let lambda_prev_0 = self.ns.lambda(ts[last]);
         let h = self.ns.lambda(t) - lambda_prev_0;
@@ -175,7 +182,19 @@ impl UniPc<'_, '_, '_, '_> {
             d1s.push((&models[last - i] - &models[last]) / rk);
         }
         rks.push(1.0);
-        (h, rks, d1s)
+        let (sigma_prev_0, sigma_t) = (self.ns.std(ts[last]), self.ns.std(t));
+        let alpha_t = self.ns.alpha(t);
+        let h_phi_1 = (-h).exp_m1();
+        let x_t_ = x * (sigma_t / sigma_prev_0) - &models[last] * (alpha_t * h_phi_1);
+        Setup { h, rks, d1s, alpha_t, h_phi_1, x_t_ }
+    }
+
+    /// The corrector's model evaluation at the predicted `x_t` and its difference `D1_t` from
+    /// the newest stored prediction.
+    fn corrector_input(&mut self, x_t: &Tensor, models: &[Tensor], t: f64) -> (Tensor, Tensor) {
+        let model_t = self.data_prediction(x_t, t);
+        let d1_t = &model_t - &models[models.len() - 1];
+        (model_t, d1_t)
     }
 
     fn weighted_sum(weights: &[f64], tensors: &[Tensor]) -> Option<Tensor> {
@@ -184,21 +203,14 @@ impl UniPc<'_, '_, '_, '_> {
 
     fn update_bh(
         &mut self,
-        x: &Tensor,
+        setup: Setup,
         models: &[Tensor],
-        ts: &[f64],
         t: f64,
         order: usize,
         use_corrector: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let last = ts.len() - 1;
-        let model_prev_0 = &models[last];
-        let (h, rks, d1s) = self.differences(models, ts, t, order);
-        let (sigma_prev_0, sigma_t) = (self.ns.std(ts[last]), self.ns.std(t));
-        let alpha_t = self.ns.alpha(t);
-
+        let Setup { h, rks, d1s, alpha_t, h_phi_1, x_t_ } = setup;
         let hh = -h;
-        let h_phi_1 = hh.exp_m1();
         let mut h_phi_k = h_phi_1 / hh - 1.0;
         let b_h = if self.variant == Variant::Bh2 { hh.exp_m1() } else { hh };
         let mut factorial_i = 1.0;
@@ -212,7 +224,6 @@ impl UniPc<'_, '_, '_, '_> {
         }
         let singular = || Error::Sampling("UniPC coefficient system is singular".into());
 
-        let x_t_ = x * (sigma_t / sigma_prev_0) - model_prev_0 * (alpha_t * h_phi_1);
         let mut x_t = x_t_.shallow_clone();
         if !d1s.is_empty() {
             let rhos_p = if order == 2 {
@@ -229,8 +240,7 @@ impl UniPc<'_, '_, '_, '_> {
             return Ok((x_t, None));
         }
         let rhos_c = if order == 1 { vec![0.5] } else { solve(&r, &b).ok_or_else(singular)? };
-        let model_t = self.data_prediction(&x_t, t);
-        let d1_t = &model_t - model_prev_0;
+        let (model_t, d1_t) = self.corrector_input(&x_t, models, t);
         let mut corr = &d1_t * rhos_c[rhos_c.len() - 1];
         if let Some(corr_res) = Self::weighted_sum(&rhos_c[..rhos_c.len() - 1], &d1s) {
             corr = corr_res + corr;
@@ -241,18 +251,12 @@ impl UniPc<'_, '_, '_, '_> {
 
     fn update_vary(
         &mut self,
-        x: &Tensor,
+        setup: Setup,
         models: &[Tensor],
-        ts: &[f64],
         t: f64,
-        order: usize,
         use_corrector: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let last = ts.len() - 1;
-        let model_prev_0 = &models[last];
-        let (h, rks, d1s) = self.differences(models, ts, t, order);
-        let (sigma_prev_0, sigma_t) = (self.ns.std(ts[last]), self.ns.std(t));
-        let alpha_t = self.ns.alpha(t);
+        let Setup { h, rks, d1s, alpha_t, h_phi_1, x_t_ } = setup;
         let k_len = rks.len();
         // C[i][k] = rks[i]^k / (k + 1)!
         let mut c = vec![vec![0.0; k_len]; k_len];
@@ -275,7 +279,6 @@ impl UniPc<'_, '_, '_, '_> {
         };
 
         let hh = -h;
-        let h_phi_1 = hh.exp_m1();
         let mut h_phi_ks = Vec::with_capacity(k_len + 1);
         let mut factorial_k = 1.0;
         let mut h_phi_k = h_phi_1;
@@ -285,7 +288,6 @@ impl UniPc<'_, '_, '_, '_> {
             factorial_k *= (k + 1) as f64;
         }
 
-        let x_t_ = x * (sigma_t / sigma_prev_0) - model_prev_0 * (alpha_t * h_phi_1);
         let mut x_t = x_t_.shallow_clone();
         if !d1s.is_empty() {
             let sub: Vec<Vec<f64>> = c[..k_len - 1].iter().map(|row| row[..k_len - 1].to_vec()).collect();
@@ -300,8 +302,7 @@ impl UniPc<'_, '_, '_, '_> {
             return Ok((x_t, None));
         }
         let a_c = inverse(&c)?;
-        let model_t = self.data_prediction(&x_t, t);
-        let d1_t = &model_t - model_prev_0;
+        let (model_t, d1_t) = self.corrector_input(&x_t, models, t);
         let mut x_t = x_t_;
         for k in 0..k_len - 1 {
             if let Some(res) = Self::weighted_sum(&a_c[k][..k_len - 1], &d1s) {
@@ -366,10 +367,7 @@ fn unipc_flow(
     for (init_order, &t) in grid.iter().enumerate().take(order).skip(1) {
         let (nx, model_x) = u.update(&x, &models, &ts, t, init_order, true)?;
         x = nx;
-        let model_x = match model_x {
-            Some(m) => m,
-            None => u.data_prediction(&x, t),
-        };
+        let model_x = model_x.unwrap_or_else(|| u.data_prediction(&x, t));
         u.report(&x, &model_x)?;
         models.push(model_x);
         ts.push(t);
@@ -385,11 +383,7 @@ fn unipc_flow(
         ts.remove(0);
         ts.push(t);
         if step < steps {
-            let m = match model_x {
-                Some(m) => m,
-                None => u.data_prediction(&x, t),
-            };
-            models.push(m);
+            models.push(model_x.unwrap_or_else(|| u.data_prediction(&x, t)));
         } else {
             // Keep the lists aligned; the value is never read again.
             models.push(x.shallow_clone());
