@@ -99,6 +99,9 @@ from transformers import CLIPTextModel  # noqa: E402
 TINY = ROOT / "tests/fixtures/tiny"
 DIFFUSERS_DIR = TINY / "tiny-sd15-diffusers"
 SINGLE_FILE = TINY / "tiny-sd15.safetensors"
+# 9-channel inpainting UNet (LDM names, UNet only); the checkpoint it stands for shares tiny-sd15's VAE and CLIP
+INPAINT_UNET_FILE = TINY / "tiny-sd15-inpainting.safetensors"
+INPAINT_CHECKPOINT = "tiny-sd15-inpainting"  # override_settings.sd_model_checkpoint that selects it
 OUT_DIR = ROOT / "tests/fixtures/golden/a1111"
 EMB_DIR = ROOT / "tests/fixtures/embeddings"
 IMG_DIR = ROOT / "tests/fixtures/images"
@@ -168,8 +171,16 @@ DEFAULT_OPTS = {
 
 
 class TinySD:
-    def __init__(self):
+    def __init__(self, inpainting=False):
         self.unet = UNet2DConditionModel.from_pretrained(str(DIFFUSERS_DIR / "unet"), torch_dtype=torch.float32).eval()
+        if inpainting:  # same topology with 9 input channels, weights from the LDM file via diffusers' converter
+            from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+            cfg = dict(self.unet.config)
+            cfg["in_channels"] = 9
+            self.unet = UNet2DConditionModel.from_config(cfg).eval()
+            sd = convert_ldm_unet_checkpoint(load_file(str(INPAINT_UNET_FILE)), cfg)
+            self.unet.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
         self.vae = AutoencoderKL.from_pretrained(str(DIFFUSERS_DIR / "vae"), torch_dtype=torch.float32).eval()
         self.clip = CLIPTextModel.from_pretrained(
             str(DIFFUSERS_DIR / "text_encoder"), dtype=torch.float32, attn_implementation="eager"
@@ -177,6 +188,8 @@ class TinySD:
         sd = load_file(str(SINGLE_FILE))
         self.alphas_cumprod = sd["alphas_cumprod"].to(torch.float32)
         self.in_channels = self.unet.config.in_channels
+        # sd_models_config: a 9-channel UNet gets conditioning_key "hybrid" (c_concat + c_crossattn)
+        self.is_inpainting = self.in_channels == 9
         tm = self.clip.text_model if hasattr(self.clip, "text_model") else self.clip
         self.text_embeddings = tm.embeddings
         self.final_layer_norm = tm.final_layer_norm
@@ -1346,6 +1359,10 @@ class Request:
     inpainting_mask_invert: int = 0
     resize_mode: int = 0
     opts: dict = field(default_factory=dict)
+    # override_settings sd_model_checkpoint / inpainting_mask_weight, kept out of `opts` (whose dump is in
+    # every golden's metadata)
+    checkpoint: str = "tiny-sd15"
+    inpainting_mask_weight: float = 1.0
     # txt2img hires fix (StableDiffusionProcessingTxt2Img fields; sizes from calculate_target_resolution)
     enable_hr: bool = False
     hr_scale: float = 2.0
@@ -1396,7 +1413,11 @@ def parse_request(mode, raw):
     if raw.get("resize_mode", 0) != 0 and raw.get("mask"):
         raise ValueError("inpainting cases use resize_mode 0")
     opts = dict(DEFAULT_OPTS)
+    extra_opts = {}
     for k, v in (raw.get("override_settings") or {}).items():
+        if k in ("sd_model_checkpoint", "inpainting_mask_weight"):
+            extra_opts[k] = v
+            continue
         if k not in opts:
             raise ValueError(f"override_settings key not handled: {k}")
         opts[k] = v
@@ -1409,6 +1430,10 @@ def parse_request(mode, raw):
     if seed is None or seed == -1 or ((raw.get("subseed_strength") or 0) != 0 and (subseed is None or subseed == -1)):
         raise ValueError("golden cases need explicit seeds (-1 means random)")
     r = Request(mode=mode, raw=raw, opts=opts, sampler_name=sampler, scheduler=sched)
+    if extra_opts.get("sd_model_checkpoint", "tiny-sd15") not in ("tiny-sd15", INPAINT_CHECKPOINT):
+        raise ValueError(f"unknown checkpoint {extra_opts['sd_model_checkpoint']}")
+    r.checkpoint = extra_opts.get("sd_model_checkpoint", "tiny-sd15")
+    r.inpainting_mask_weight = float(extra_opts.get("inpainting_mask_weight", 1.0))
     for k in ("prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "batch_size", "n_iter", "steps",
               "cfg_scale", "width", "height", "eta", "s_min_uncond", "denoising_strength"):  # fmt: skip
         if raw.get(k) is not None:
@@ -1615,6 +1640,8 @@ def cached(cache, kind, prompts, compute):
 class Pipeline:
     def __init__(self):
         self.model = TinySD()
+        self.base_model = self.model
+        self.inpaint_model = None  # built on first use
         self.tokenizer = ClipTokenizer()
         self.embeddings = EmbeddingDB(self.tokenizer, self.model.text_embeddings.token_embedding.wrapped.weight.shape[1])
         self.embeddings.load_dir(EMB_DIR)
@@ -1727,9 +1754,61 @@ class Pipeline:
                 init_latent = init_latent * st["mask"] + noise * st["nmask"]
             elif p.inpainting_fill == 3:  # latent nothing
                 init_latent = init_latent * st["mask"]
+        st["image_cond"] = self.img2img_image_conditioning(image, init_latent, image_mask, p.mask_round,
+                                                           p.inpainting_mask_weight)  # fmt: skip
         return init_latent, batch_size, st
 
     def generate(self, p: Request):
+        """The request on the checkpoint it names (override_settings sd_model_checkpoint)."""
+        if p.checkpoint == INPAINT_CHECKPOINT:
+            if self.inpaint_model is None:
+                self.inpaint_model = TinySD(inpainting=True)
+            self.model = self.inpaint_model
+        try:
+            return self._generate(p)
+        finally:
+            self.model = self.base_model
+
+    def images_tensor_to_samples(self, image):
+        """sd_samplers_common.images_tensor_to_samples: [0, 1] pixels to scaled latents, one image at a
+        time for a batch (posterior mean, as for the init images)."""
+        image = image * 2 - 1
+        lat = [self.model.encode_first_stage(image[i : i + 1]).mean[0] for i in range(image.shape[0])]
+        return SCALE_FACTOR * torch.stack(lat)
+
+    def txt2img_image_conditioning(self, x, width, height):
+        """processing.txt2img_image_conditioning: for an inpainting ("hybrid") model, a 0.5-grey picture
+        (0 after the [-1, 1] mapping) encoded, with a mask channel of ones in front; otherwise a dummy
+        [B, 5, 1, 1] of zeros."""
+        if not self.model.is_inpainting:
+            return x.new_zeros(x.shape[0], 5, 1, 1)
+        grey = torch.ones(x.shape[0], 3, height, width) * 0.5
+        cond = self.images_tensor_to_samples(grey)
+        return torch.nn.functional.pad(cond, (0, 0, 0, 0, 1, 0), value=1.0).to(x.dtype)
+
+    def img2img_image_conditioning(self, source_image, latent_image, image_mask, round_image_mask, weight):
+        """StableDiffusionProcessingImg2Img.img2img_image_conditioning -> inpainting_image_conditioning
+        for a "hybrid" model: the mask (L image / 255, rounded with mask_round; ones without a mask),
+        the source picture ([-1, 1]) lerped towards its masked version by inpainting_mask_weight and
+        encoded as one batch (encode_first_stage + get_first_stage_encoding), the mask resized to the
+        latent by nearest interpolation, concatenated [mask, latent]. Dummy zeros for other models."""
+        if not self.model.is_inpainting:
+            return latent_image.new_zeros(latent_image.shape[0], 5, 1, 1)
+        if image_mask is not None:
+            m = np.array(image_mask.convert("L")).astype(np.float32) / 255.0
+            m = torch.from_numpy(m[None, None])
+            if round_image_mask:
+                m = torch.round(m)
+        else:
+            m = source_image.new_ones(1, 1, *source_image.shape[-2:])
+        m = m.to(dtype=source_image.dtype)
+        image = torch.lerp(source_image, source_image * (1.0 - m), weight)
+        image = SCALE_FACTOR * self.model.encode_first_stage(image).mean
+        m = torch.nn.functional.interpolate(m, size=latent_image.shape[-2:])
+        m = m.expand(image.shape[0], -1, -1, -1)
+        return torch.cat([m, image], dim=1).to(torch.float32)
+
+    def _generate(self, p: Request):
         o = p.opts
         cfg_kind, func, cfg = SAMPLERS[p.sampler_name]
         n_total = p.batch_size * p.n_iter
@@ -1767,6 +1846,8 @@ class Pipeline:
                 x *= p.initial_noise_multiplier
             with SamplingContext(rng, o["randn_source"]):
                 samples, den, sig = self.sample(p, cfg_kind, func, cfg, x, c, uc, seeds, init_latent, empty_cond, st)
+            if n == 0:
+                out["image_cond"] = self.last_image_cond
             if st["mask"] is not None:  # StableDiffusionProcessingImg2Img.sample: final blend
                 samples = samples * st["nmask"] + init_latent * st["mask"]
             if p.enable_hr:
@@ -1857,7 +1938,13 @@ class Pipeline:
     def sample(self, p, kind, func, cfg, x, c, uc, seeds, init_latent, empty_cond, st):
         o = p.opts
         img2img = p.mode == "img2img"
-        image_cond = x.new_zeros(x.shape[0], 5, 1, 1)  # txt2img/img2img_image_conditioning (dummy)
+        # img2img: the conditioning built with the init images; txt2img and the hires pass (whose
+        # img2img_image_conditioning has no mask: ones, and with inpainting_mask_weight 1 an all-zero
+        # picture, the same as txt2img's grey one) build it here
+        image_cond = st.get("image_cond")
+        if image_cond is None:
+            image_cond = self.txt2img_image_conditioning(x, p.width, p.height)
+        self.last_image_cond = image_cond
         if kind == "t":
             return self.sample_timesteps(p, func, x, c, uc, init_latent, empty_cond, image_cond, st)
         if kind == "lcm":
@@ -2240,8 +2327,35 @@ def hires_cases():
     ]  # fmt: skip
 
 
+def inpainting_model_cases():
+    """The 9-channel inpainting checkpoint (override_settings sd_model_checkpoint): txt2img with the
+    grey-picture conditioning (also through hires fix), img2img without a mask, and inpainting with the [mask, masked picture]
+    conditioning ("whole picture" and "only masked", every masked content, inpainting_mask_weight)."""
+    M = {"sd_model_checkpoint": INPAINT_CHECKPOINT}
+    I = dict(prompt=P1, negative_prompt=N1, steps=10, init_images=["@init"], denoising_strength=0.75)
+    return [
+        case("inpaintmodel_txt2img_euler_a", seed=5000, prompt=P1, negative_prompt=N1, sampler_name="Euler a", steps=10,
+             batch_size=2, override_settings=M),
+        case("inpaintmodel_txt2img_ddim", seed=5001, prompt=P1, negative_prompt=N1, sampler_name="DDIM", steps=8,
+             override_settings=M),
+        case("inpaintmodel_txt2img_hires", seed=5007, prompt=P1, negative_prompt=N1, sampler_name="Euler", steps=6,
+             enable_hr=True, hr_upscaler="Latent", hr_scale=1.5, denoising_strength=0.6, hr_second_pass_steps=3,
+             override_settings=M),
+        case("inpaintmodel_img2img_no_mask", "img2img", seed=5002, sampler_name="Euler", override_settings=M, **I),
+        case("inpaintmodel_inpaint_original", "img2img", seed=5003, sampler_name="Euler a", mask="@mask", mask_blur=4,
+             inpaint_full_res=False, inpainting_fill=1, batch_size=2, override_settings=M, **I),
+        case("inpaintmodel_inpaint_fill_only_masked", "img2img", seed=5004, sampler_name="DPM++ 2M", mask="@mask",
+             mask_blur=2, inpaint_full_res=True, inpaint_full_res_padding=2, inpainting_fill=0, override_settings=M, **I),
+        case("inpaintmodel_inpaint_latent_nothing_weight_half", "img2img", seed=5005, sampler_name="Euler", mask="@mask",
+             mask_blur=0, inpaint_full_res=False, inpainting_fill=3, mask_round=False,
+             override_settings={**M, "inpainting_mask_weight": 0.5}, **I),
+        case("inpaintmodel_inpaint_ddim_latent_noise_invert", "img2img", seed=5006, sampler_name="DDIM", mask="@mask",
+             mask_blur=3, inpaint_full_res=False, inpainting_fill=2, inpainting_mask_invert=1, override_settings=M, **I),
+    ]  # fmt: skip
+
+
 def all_cases():
-    return k_cases() + feature_cases() + hires_cases()
+    return k_cases() + feature_cases() + hires_cases() + inpainting_model_cases()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -2437,6 +2551,8 @@ def run_case(pipe: Pipeline, name, mode, req):
     }
     if out["init_latent"] is not None:
         t["init_latent"] = out["init_latent"]
+    if p.checkpoint == INPAINT_CHECKPOINT:
+        t["image_cond"] = out["image_cond"].contiguous()
     if p.enable_hr:
         for k in ("first_pass_latent", "hires_init_latent", "hires_noise"):
             t[k] = torch.cat(out[k])
@@ -2502,6 +2618,10 @@ def run_case(pipe: Pipeline, name, mode, req):
         md["sha256:init_image"] = sha256(INIT_IMAGE)
     if req.get("mask") == "@mask":
         md["sha256:mask_image"] = sha256(MASK_IMAGE)
+    if p.checkpoint == INPAINT_CHECKPOINT:
+        md["checkpoint"] = "tiny-sd15.safetensors with model.diffusion_model.* from tiny-sd15-inpainting.safetensors"
+        md["sha256:tiny-sd15-inpainting.safetensors"] = sha256(INPAINT_UNET_FILE)
+        md["tensors"] += "; image_cond F32 [B,5,h,w] (c_concat of the first batch: mask channel, then the encoded picture)"
     return t, md
 
 

@@ -83,6 +83,9 @@ pub struct InpaintSpec {
     pub full_res: bool,
     pub full_res_padding: u32,
     pub invert: bool,
+    /// Option `inpainting_mask_weight` (inpainting checkpoints only): how far the picture the
+    /// UNet is conditioned on moves from the original (0) to the masked-out one (1).
+    pub mask_weight: f64,
 }
 
 /// Hires fix settings (a1111-api.md §3.2), sizes in pixels.
@@ -437,6 +440,15 @@ pub fn txt2img_with_loras(
         None => None,
     };
     let init = prepared.as_ref().map(|p| p.latents.shallow_clone());
+    // Inpainting checkpoints: the conditioning built with the init images (img2img), or A1111's
+    // txt2img one (grey picture, mask of ones); the same for every batch of the request.
+    let image_cond = match &prepared {
+        Some(p) => p.image_cond.as_ref().map(|t| t.shallow_clone()),
+        None if model.is_inpainting() => {
+            Some(model.txt2img_inpainting_conditioning(spec.batch_size as i64, spec.width, spec.height))
+        }
+        None => None,
+    };
     let mut hashes: std::collections::HashMap<std::path::PathBuf, String> = std::collections::HashMap::new();
     let mut encoder_params = EncoderParams::default();
     for batch in 0..spec.n_iter {
@@ -498,6 +510,7 @@ pub fn txt2img_with_loras(
             img2img_fix_steps: false,
             pad_cond_uncond: pad_cond_uncond.as_ref().map(|t| t.shallow_clone()),
             mask: prepared.as_ref().and_then(|p| p.masks.as_ref()).map(|(m, n)| (m, n)),
+            image_cond: image_cond.as_ref(),
         };
         let mut latents = model.sample_batch(&params, hook)?;
         if let Some(hires) = &spec.hires {
@@ -550,6 +563,8 @@ struct PreparedInit {
     overlays: Vec<Pixels>,
     /// "Only masked": where the generated region goes in the original (`x, y, w, h`).
     paste_to: Option<(i64, i64, i64, i64)>,
+    /// Inpainting checkpoints: A1111's `img2img_image_conditioning`, `[B, 5, h, w]`.
+    image_cond: Option<tch::Tensor>,
 }
 
 impl PreparedInit {
@@ -697,15 +712,16 @@ fn prepare_init(
     if batch.len() != spec.batch_size {
         return Err(invalid(format!("{} init images for a batch of {}", images.len(), spec.batch_size)));
     }
-    let mut latents = model.encode_rgb(&tch::Tensor::stack(&batch, 0));
+    let pictures = tch::Tensor::stack(&batch, 0);
+    let mut latents = model.encode_rgb(&pictures);
     let f = model.latent_factor();
     if spec.resize_mode == 3 {
         latents = LatentUpscale::Bilinear.apply(&latents, spec.height / f, spec.width / f)?;
     }
-    let masks = match image_mask {
+    let masks = match image_mask.as_ref() {
         Some(m) => {
             let (lh, lw) = (latents.size()[2], latents.size()[3]);
-            let small = resize_pil(&m, lw as u32, lh as u32, Resample::Bicubic, None);
+            let small = resize_pil(m, lw as u32, lh as u32, Resample::Bicubic, None);
             let values: Vec<f32> = small
                 .data
                 .iter()
@@ -750,7 +766,31 @@ fn prepare_init(
         }
         None => None,
     };
-    Ok(PreparedInit { latents, masks, overlays, paste_to })
+    let image_cond = model.is_inpainting().then(|| {
+        // `inpainting_image_conditioning`: the processed mask at full size (`/255`, rounded with
+        // `mask_round`), all ones without a mask; the filled pictures in [-1, 1].
+        let ip = spec.inpaint.as_ref();
+        let mask = image_mask.as_ref().map(|m| {
+            let round = ip.is_some_and(|i| i.mask_round);
+            let values: Vec<f32> = m
+                .data
+                .iter()
+                .map(|&v| {
+                    let x = f32::from(v) / 255.0;
+                    if round {
+                        x.round_ties_even()
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            tch::Tensor::from_slice(&values).reshape([1, 1, i64::from(m.height), i64::from(m.width)])
+        });
+        let weight = ip.map_or(1.0, |i| i.mask_weight);
+        let (lh, lw) = (latents.size()[2], latents.size()[3]);
+        model.inpainting_conditioning(&(&pictures * 2.0 - 1.0), mask.as_ref(), weight, (lh, lw))
+    });
+    Ok(PreparedInit { latents, masks, overlays, paste_to, image_cond })
 }
 
 /// A1111's `masking.fill`: the picture with the masked area cut out (premultiplied RGBa, alpha
@@ -1007,6 +1047,9 @@ fn hires_pass(
         let empty = [ScheduleEntry { end_at_step: hr_total as u32, text: String::new() }];
         text.encode_schedule(model, &empty, spec).0.remove(0).1
     });
+    let image_cond = model.is_inpainting().then(|| {
+        model.txt2img_inpainting_conditioning(samples.size()[0], samples.size()[3] * f, samples.size()[2] * f)
+    });
     let params = BatchParams {
         width: samples.size()[3] * f,
         height: samples.size()[2] * f,
@@ -1025,6 +1068,9 @@ fn hires_pass(
         img2img_fix_steps: true,
         pad_cond_uncond,
         mask: None,
+        // `sample_hr_pass`'s `img2img_image_conditioning` has no mask, so with the default
+        // `inpainting_mask_weight` of 1 its picture is all zeros, as in txt2img.
+        image_cond: image_cond.as_ref(),
     };
     Ok(model.sample_batch(&params, hook)?)
 }

@@ -2,6 +2,8 @@
 //! (`rng`), a sampling plan (`sampling`), A1111's CFG denoiser — conditional and unconditional
 //! predictions in one batch, `AND` sub-prompts combined with their weights, the conditioning of
 //! each step picked from the prompt-editing schedules — and decoding with clamp and truncation.
+//! Inpainting (9-channel) checkpoints get A1111's image conditioning (`c_concat`) next to the
+//! latent in every UNet call.
 //!
 //! Inputs arrive already encoded: the caller turns prompt text into conditioning schedules with
 //! [`crate::conditioning`] (A1111 syntax is parsed in `compat::prompt`), so this module sees only
@@ -40,8 +42,76 @@ impl CondSchedule {
     /// A1111's `reconstruct_cond_batch` choice: the first entry whose end step is at or after
     /// `step`, else the first entry.
     pub fn at(&self, step: u32) -> &Tensor {
-        let i = self.0.iter().position(|(end, _)| step <= *end).unwrap_or(0);
-        &self.0[i].1
+        &self.0[self.index_at(step)].1
+    }
+
+    /// The index of the entry [`CondSchedule::at`] picks.
+    fn index_at(&self, step: u32) -> usize {
+        self.0.iter().position(|(end, _)| step <= *end).unwrap_or(0)
+    }
+}
+
+/// The batched conditioning of a model evaluation: the positive rows of every image (all
+/// sub-prompts), then the negatives, each group padded to one length, and both stacked into one
+/// batch when their lengths agree.
+struct BatchedConds {
+    cond: Tensor,
+    uncond: Tensor,
+    /// `cat([cond, uncond])`, when cond and uncond have the same length.
+    joint: Option<Tensor>,
+}
+
+impl BatchedConds {
+    fn build(p: &BatchParams, step: u32) -> BatchedConds {
+        let conds: Vec<Tensor> =
+            p.conds.iter().flat_map(|c| c.positive.iter().map(|(s, _)| s.at(step).shallow_clone())).collect();
+        let mut cond = Tensor::cat(&crate::conditioning::pad_to_same_length(&conds), 0);
+        let uncond_list: Vec<Tensor> = p.conds.iter().map(|c| c.negative.at(step).shallow_clone()).collect();
+        let mut uncond = Tensor::cat(&crate::conditioning::pad_to_same_length(&uncond_list), 0);
+        if let Some(empty) = p.pad_cond_uncond.as_ref() {
+            // A1111's `pad_cond_uncond`: extend the shorter one with encodings of the empty prompt.
+            let (lc, lu, le) = (cond.size()[1], uncond.size()[1], empty.size()[1]);
+            let pad = |t: &Tensor, n: i64| {
+                let rows = t.size()[0];
+                Tensor::cat(&[t.shallow_clone(), empty.to_kind(t.kind()).repeat([rows, n, 1])], 1)
+            };
+            let repeats = (lc - lu) / le;
+            if repeats < 0 {
+                cond = pad(&cond, -repeats);
+            } else if repeats > 0 {
+                uncond = pad(&uncond, repeats);
+            }
+        }
+        let joint = (cond.size()[1] == uncond.size()[1]).then(|| Tensor::cat(&[&cond, &uncond], 0));
+        BatchedConds { cond, uncond, joint }
+    }
+}
+
+/// The [`BatchedConds`] of one sampling run. The conditioning changes only where a
+/// prompt-editing schedule moves to its next entry, so the batch is built once per such segment
+/// rather than on every model evaluation; it is keyed by the entry each schedule is at.
+#[derive(Default)]
+struct CondBatches {
+    current: std::cell::RefCell<Option<(Vec<usize>, std::rc::Rc<BatchedConds>)>>,
+}
+
+impl CondBatches {
+    fn at(&self, p: &BatchParams, step: u32) -> std::rc::Rc<BatchedConds> {
+        let key: Vec<usize> = p
+            .conds
+            .iter()
+            .flat_map(|c| c.positive.iter().map(|(s, _)| s).chain([&c.negative]))
+            .map(|s| s.index_at(step))
+            .collect();
+        let mut current = self.current.borrow_mut();
+        match current.as_ref() {
+            Some((k, batch)) if *k == key => batch.clone(),
+            _ => {
+                let batch = std::rc::Rc::new(BatchedConds::build(p, step));
+                *current = Some((key, batch.clone()));
+                batch
+            }
+        }
     }
 }
 
@@ -82,6 +152,12 @@ pub struct BatchParams<'a> {
     /// `[4, h, w]`. Needs `init`; the init latent is blended back in every model evaluation and
     /// once more after sampling.
     pub mask: Option<(&'a Tensor, &'a Tensor)>,
+    /// Inpainting (9-channel) UNets: A1111's `image_conditioning` (`c_concat`), `[B, 5, h, w]`
+    /// on the model's device — a mask channel, then the encoded (masked) picture; see
+    /// [`StableDiffusion::inpainting_conditioning`]. It is concatenated to the latent input of
+    /// every UNet call, after the denoiser's input scaling. Required exactly when the UNet has
+    /// more than 4 input channels.
+    pub image_cond: Option<&'a Tensor>,
 }
 
 /// Brownian-tree draws through the request's noise source, as A1111's
@@ -93,6 +169,10 @@ impl SeededNormal for SourceNormal {
         Ok(NoiseGenerator::new(self.0, u64::from(seed), device)?.randn(shape)?.to_kind(kind))
     }
 }
+
+/// One guided model evaluation's prediction: `(context, x, sigma or t, image_cond)` → denoised
+/// latents (sigma samplers) or eps (timestep samplers), rows of `image_cond` matching those of `x`.
+type Predict<'a> = dyn Fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>) -> Tensor + 'a;
 
 /// A decoded image: RGB, row-major, 8 bits per channel.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,17 +222,35 @@ impl StableDiffusion {
             (None, _) => None,
         };
         let shape = [4, p.height / f, p.width / f];
+        let extra = self.config.unet.in_channels - 4;
+        match p.image_cond.map(Tensor::size) {
+            None if extra == 0 => {}
+            Some(s) if s == [b as i64, extra, shape[1], shape[2]] => {}
+            got => {
+                return Err(Error::Sampling(format!(
+                "a UNet with {} input channels needs an image conditioning of shape [{b}, {extra}, {}, {}], \
+                     got {got:?}",
+                self.config.unet.in_channels, shape[1], shape[2]
+            )))
+            }
+        }
         let mut rng = ImageRng::new(&p.noise, shape, p.seeds, p.subseeds, device)?;
         let noise = rng.next_batch()?;
         let x = plan.start_latent(&noise, p.init.map(|(t, _)| t), false)?;
 
         let denoiser = CompVisDenoiser::new(schedule);
         let kind = self.placement.kind;
-        let eps_of = |context: &Tensor, xs: &Tensor, t: &Tensor| {
+        // `image_cond` rows match `xs` rows (see `cfg`); LDM's "hybrid" conditioning appends them
+        // as extra input channels of the (already scaled) latent.
+        let eps_of = |context: &Tensor, xs: &Tensor, t: &Tensor, image_cond: Option<&Tensor>| {
+            let xs = match image_cond {
+                Some(c) => Tensor::cat(&[xs, &c.to_kind(xs.kind())], 1),
+                None => xs.shallow_clone(),
+            };
             self.unet.forward(&xs.to_kind(kind), t, &context.to_kind(kind)).to_kind(Kind::Float)
         };
-        let denoised_of = |context: &Tensor, xs: &Tensor, sigmas: &Tensor| {
-            let mut eps = |xx: &Tensor, t: &Tensor| eps_of(context, xx, t);
+        let denoised_of = |context: &Tensor, xs: &Tensor, sigmas: &Tensor, image_cond: Option<&Tensor>| {
+            let mut eps = |xx: &Tensor, t: &Tensor| eps_of(context, xx, t, image_cond);
             denoiser.denoise(&mut eps, xs, sigmas)
         };
         // A1111 counts model evaluations to pick each evaluation's conditioning.
@@ -184,23 +282,25 @@ impl StableDiffusion {
             (Some((mask, nmask)), Some((init, _))) => x * nmask + init * mask,
             _ => x,
         };
+        let cond_batches = CondBatches::default();
         let sampled = match p.sampler.model_input() {
             ModelInput::Denoised => {
-                let mut f =
-                    |x: &Tensor, sigma: &Tensor| blend(self.cfg(x, sigma, p, next_step(), &denoised_of).0);
+                let mut f = |x: &Tensor, sigma: &Tensor| {
+                    blend(self.cfg(x, sigma, p, &cond_batches, next_step(), &denoised_of).0)
+                };
                 sample(&plan, Model::Denoised(&mut f), x, &p.sampler_params, &mut ctx)?
             }
             ModelInput::Eps => {
                 let mut f = |x: &Tensor, t: &Tensor| {
                     let x = blend(x.shallow_clone());
-                    self.cfg(&x, t, p, next_step(), &eps_of).0
+                    self.cfg(&x, t, p, &cond_batches, next_step(), &eps_of).0
                 };
                 sample(&plan, Model::Eps(&mut f), x, &p.sampler_params, &mut ctx)?
             }
             ModelInput::EpsCfgPp => {
                 let mut f = |x: &Tensor, t: &Tensor| {
                     let x = blend(x.shallow_clone());
-                    self.cfg(&x, t, p, next_step(), &eps_of)
+                    self.cfg(&x, t, p, &cond_batches, next_step(), &eps_of)
                 };
                 sample(&plan, Model::EpsCfgPp(&mut f), x, &p.sampler_params, &mut ctx)?
             }
@@ -217,55 +317,44 @@ impl StableDiffusion {
         x: &Tensor,
         s: &Tensor,
         p: &BatchParams,
+        conds: &CondBatches,
         step: u32,
-        predict: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+        predict: &Predict,
     ) -> (Tensor, Tensor) {
         let b = p.conds.len() as i64;
-        // Positive conditionings of every image (all sub-prompts), then the negatives.
-        let mut conds = Vec::new();
-        let mut repeats = Vec::with_capacity(p.conds.len());
-        for c in p.conds {
-            repeats.push(c.positive.len() as i64);
-            conds.extend(c.positive.iter().map(|(s, _)| s.at(step).shallow_clone()));
-        }
-        let mut cond = Tensor::cat(&crate::conditioning::pad_to_same_length(&conds), 0);
-        let uncond_list: Vec<Tensor> = p.conds.iter().map(|c| c.negative.at(step).shallow_clone()).collect();
-        let mut uncond = Tensor::cat(&crate::conditioning::pad_to_same_length(&uncond_list), 0);
-        if let Some(empty) = p.pad_cond_uncond.as_ref() {
-            // A1111's `pad_cond_uncond`: extend the shorter one with encodings of the empty prompt.
-            let (lc, lu, le) = (cond.size()[1], uncond.size()[1], empty.size()[1]);
-            let pad = |t: &Tensor, n: i64| {
-                let rows = t.size()[0];
-                Tensor::cat(&[t.shallow_clone(), empty.to_kind(t.kind()).repeat([rows, n, 1])], 1)
-            };
-            let repeats = (lc - lu) / le;
-            if repeats < 0 {
-                cond = pad(&cond, -repeats);
-            } else if repeats > 0 {
-                uncond = pad(&uncond, repeats);
-            }
-        }
+        let batch = conds.at(p, step);
+        let BatchedConds { cond, uncond, joint } = &*batch;
+        let repeats: Vec<i64> = p.conds.iter().map(|c| c.positive.len() as i64).collect();
         let mut x_parts = Vec::new();
         let mut s_parts = Vec::new();
+        let mut c_parts = Vec::new();
         for (i, &n) in repeats.iter().enumerate() {
             let xi = x.narrow(0, i as i64, 1);
             let si = s.narrow(0, i as i64, 1);
+            let ci = p.image_cond.map(|c| c.narrow(0, i as i64, 1));
             for _ in 0..n {
                 x_parts.push(xi.shallow_clone());
                 s_parts.push(si.shallow_clone());
+                c_parts.extend(ci.as_ref().map(Tensor::shallow_clone));
             }
         }
         x_parts.push(x.shallow_clone());
         s_parts.push(s.shallow_clone());
+        c_parts.extend(p.image_cond.map(Tensor::shallow_clone));
         let x_in = Tensor::cat(&x_parts, 0);
         let s_in = Tensor::cat(&s_parts, 0);
+        // The image conditioning follows the latents row for row (A1111's `image_cond_in`).
+        let c_in = p.image_cond.map(|_| Tensor::cat(&c_parts, 0));
         let n_cond = cond.size()[0];
-        let x_out = if cond.size()[1] == uncond.size()[1] {
-            predict(&Tensor::cat(&[&cond, &uncond], 0), &x_in, &s_in)
+        let x_out = if let Some(joint) = joint {
+            predict(joint, &x_in, &s_in, c_in.as_ref())
         } else {
             // Different lengths: separate model calls, as A1111 does without padding.
-            let a = predict(&cond, &x_in.narrow(0, 0, n_cond), &s_in.narrow(0, 0, n_cond));
-            let u = predict(&uncond, &x_in.narrow(0, n_cond, b), &s_in.narrow(0, n_cond, b));
+            let rows = |t: &Tensor, start: i64, len: i64| t.narrow(0, start, len);
+            let ca = c_in.as_ref().map(|c| rows(c, 0, n_cond));
+            let cu = c_in.as_ref().map(|c| rows(c, n_cond, b));
+            let a = predict(cond, &rows(&x_in, 0, n_cond), &rows(&s_in, 0, n_cond), ca.as_ref());
+            let u = predict(uncond, &rows(&x_in, n_cond, b), &rows(&s_in, n_cond, b), cu.as_ref());
             Tensor::cat(&[a, u], 0)
         };
         // combine_denoised: uncond + Σ (cond − uncond) · (weight · cfg), per image.
@@ -308,8 +397,60 @@ impl StableDiffusion {
     /// Encodes RGB images `[B, 3, H, W]` in [0, 1] to scaled latents (the distribution's mean; A1111
     /// samples it, see the note in the issue tracker-independent docs of img2img).
     pub fn encode_rgb(&self, images: &Tensor) -> Tensor {
-        let x = (images * 2.0 - 1.0).to_kind(self.placement.kind).to_device(self.placement.device);
+        self.encode_signed(&(images * 2.0 - 1.0))
+    }
+
+    /// [`Self::encode_rgb`] for pictures already mapped to [-1, 1].
+    pub fn encode_signed(&self, images: &Tensor) -> Tensor {
+        let x = images.to_kind(self.placement.kind).to_device(self.placement.device);
         let (mean, _) = self.vae.encode(&x);
         mean.to_kind(Kind::Float) * SD1_LATENT_SCALE
+    }
+
+    /// Whether the UNet takes A1111's inpainting conditioning (9 input channels: LDM's "hybrid"
+    /// conditioning key).
+    pub fn is_inpainting(&self) -> bool {
+        self.config.unet.in_channels == 9
+    }
+
+    /// A1111's `inpainting_image_conditioning` for a batch of pictures `source` `[B, 3, H, W]` in
+    /// [-1, 1]: the conditioning mask `mask` `[1, 1, H, W]` in [0, 1] (1 = regenerate; all ones
+    /// without a mask), the picture moved towards its masked version `source·(1 − mask)` by
+    /// `weight` (option `inpainting_mask_weight`, `torch.lerp`) and VAE-encoded as one batch, the
+    /// mask resized to the latent size `(h, w)` by nearest-neighbour interpolation; the result is
+    /// `[mask, latent]`, `[B, 5, h, w]`, on the model's device.
+    ///
+    /// txt2img (`txt2img_image_conditioning`) is the same with a 0.5-grey picture and a mask of
+    /// ones; the hires pass (no mask) with weight 1 encodes the same all-zero picture.
+    pub fn inpainting_conditioning(
+        &self,
+        source: &Tensor,
+        mask: Option<&Tensor>,
+        weight: f64,
+        latent_size: (i64, i64),
+    ) -> Tensor {
+        let device = self.placement.device;
+        let source = source.to_kind(Kind::Float).to_device(device);
+        let (bsz, h, w) = (source.size()[0], source.size()[2], source.size()[3]);
+        let mask = match mask {
+            Some(m) => m.to_kind(Kind::Float).to_device(device),
+            None => Tensor::ones([1, 1, h, w], (Kind::Float, device)),
+        };
+        let masked = &source * (1.0 - &mask);
+        let picture = source.lerp(&masked, weight);
+        let latent = self.encode_signed(&picture);
+        let small = mask.upsample_nearest2d([latent_size.0, latent_size.1], None::<f64>, None::<f64>);
+        Tensor::cat(&[small.expand([bsz, 1, latent_size.0, latent_size.1], false), latent], 1)
+    }
+
+    /// A1111's `txt2img_image_conditioning` for an inpainting UNet: `batch` copies of an encoded
+    /// 0.5-grey `width`×`height` picture (0 in [-1, 1]) behind a mask channel of ones.
+    pub fn txt2img_inpainting_conditioning(&self, batch: i64, width: i64, height: i64) -> Tensor {
+        let f = self.latent_factor();
+        let device = self.placement.device;
+        // The images of the batch are identical; one encode serves them all.
+        let latent = self.encode_signed(&Tensor::zeros([1, 3, height, width], (Kind::Float, device)));
+        let ones = Tensor::ones([1, 1, height / f, width / f], (Kind::Float, device));
+        Tensor::cat(&[ones, latent], 1).repeat([batch, 1, 1, 1])
     }
 }

@@ -72,6 +72,7 @@ fn spec_from_request(r: &Value) -> Txt2ImgSpec {
                 full_res: r["inpaint_full_res"].as_bool().unwrap_or(true),
                 full_res_padding: r["inpaint_full_res_padding"].as_u64().unwrap_or(0) as u32,
                 invert: r["inpainting_mask_invert"].as_u64().unwrap_or(0) != 0,
+                mask_weight: o["inpainting_mask_weight"].as_f64().unwrap_or(1.0),
             }
         }),
         hires: hires_from_request(r, total),
@@ -178,7 +179,29 @@ fn run_case(model: &StableDiffusion, text: &TextEncoders, path: &PathBuf) -> Res
 
 /// Runs every golden case whose name `select` accepts and fails with the list of mismatches.
 fn check_cases(select: &dyn Fn(&str) -> bool) {
-    let model = StableDiffusion::load(&fixture("tiny/tiny-sd15.safetensors"), Placement::cpu()).unwrap();
+    check_cases_on(&fixture("tiny/tiny-sd15.safetensors"), select);
+}
+
+/// The checkpoint the reference's `sd_model_checkpoint: tiny-sd15-inpainting` stands for:
+/// tiny-sd15 with its UNet replaced by the 9-channel one (the fixture holds only the UNet), written
+/// into `dir`.
+fn inpainting_checkpoint(dir: &std::path::Path) -> PathBuf {
+    let base = SafetensorsFile::open(fixture("tiny/tiny-sd15.safetensors")).unwrap();
+    let unet = SafetensorsFile::open(fixture("tiny/tiny-sd15-inpainting.safetensors")).unwrap();
+    let mut tensors: Vec<(String, tch::Tensor)> = base
+        .names()
+        .into_iter()
+        .filter(|n| !n.starts_with("model.diffusion_model."))
+        .map(|n| (n.clone(), base.read(&n).unwrap()))
+        .collect();
+    tensors.extend(unet.names().into_iter().map(|n| (n.clone(), unet.read(&n).unwrap())));
+    let path = dir.join("tiny-sd15-inpainting.safetensors");
+    tch::Tensor::write_safetensors(&tensors, &path).unwrap();
+    path
+}
+
+fn check_cases_on(checkpoint: &std::path::Path, select: &dyn Fn(&str) -> bool) {
+    let model = StableDiffusion::load(checkpoint, Placement::cpu()).unwrap();
     let embeddings: Vec<PathBuf> = std::fs::read_dir(fixture("embeddings"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -190,7 +213,8 @@ fn check_cases(select: &dyn Fn(&str) -> bool) {
     let mut checked = 0;
     for path in &cases {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        if !select(&name) {
+        // `cv2_*` files pin single operations (the mask blur), not whole requests.
+        if name.starts_with("cv2_") || !select(&name) {
             continue;
         }
         checked += 1;
@@ -206,8 +230,89 @@ fn check_cases(select: &dyn Fn(&str) -> bool) {
 }
 
 #[test]
-fn txt2img_img2img_and_inpaint_match_a1111_reference_within_two_levels() {
-    check_cases(&|name| !name.starts_with("hires_") && !name.starts_with("img2img_resize_"));
+fn txt2img_and_img2img_match_a1111_reference_within_two_levels() {
+    check_cases(&|name| {
+        !name.starts_with("hires_")
+            && !name.starts_with("img2img_resize_")
+            && !name.starts_with("inpaint_")
+            && !name.starts_with("inpaintmodel_")
+    });
+}
+
+/// The 9-channel inpainting checkpoint: txt2img (grey picture, mask of ones), img2img without a
+/// mask, and inpainting with the `[mask, masked picture]` conditioning ("whole picture" and "only
+/// masked", every masked content, `inpainting_mask_weight` 0.5, unrounded mask, DDIM's eps path).
+#[test]
+fn inpainting_checkpoint_matches_a1111_reference_within_two_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    check_cases_on(&inpainting_checkpoint(dir.path()), &|name| name.starts_with("inpaintmodel_"));
+}
+
+/// A1111's txt2img conditioning for an inpainting checkpoint (`txt2img_image_conditioning`)
+/// equals the reference's `c_concat`: a channel of ones, then the encoded grey picture.
+#[test]
+fn txt2img_inpainting_conditioning_matches_reference_c_concat() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = StableDiffusion::load(&inpainting_checkpoint(dir.path()), Placement::cpu()).unwrap();
+    assert!(model.is_inpainting());
+    let golden =
+        SafetensorsFile::open(fixture("golden/a1111/inpaintmodel_txt2img_euler_a.safetensors")).unwrap();
+    let expected = golden.read("image_cond").unwrap();
+    let ours = model.txt2img_inpainting_conditioning(2, 32, 32);
+    assert_eq!(ours.size(), expected.size());
+    let diff = (ours - &expected).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "largest difference {diff}");
+    assert_eq!(expected.narrow(1, 0, 1).min().double_value(&[]), 1.0, "mask channel of ones");
+}
+
+/// A1111's mask blur (`cv2.GaussianBlur` on the uint8 mask, `(k, 1)` then `(1, k)`) equals
+/// OpenCV byte for byte (golden by `reference/mask_blur_reference.py`): every sigma along both
+/// axes on a random picture, an image smaller than the kernels, and the inpainting fixture's mask
+/// through both passes.
+#[test]
+fn mask_blur_matches_opencv_byte_for_byte() {
+    use daemon::images::gaussian_blur_axis;
+    let golden = SafetensorsFile::open(fixture("golden/a1111/cv2_mask_blur.safetensors")).unwrap();
+    let image = |name: &str| {
+        let t = golden.read(name).unwrap();
+        let (h, w) = (t.size()[0], t.size()[1]);
+        let mut data = vec![0u8; (h * w) as usize];
+        t.f_copy_data(&mut data, (h * w) as usize).unwrap();
+        Pixels::new(w as u32, h as u32, 1, data)
+    };
+    let list = |key: &str| -> Vec<Value> { serde_json::from_str(&golden.metadata()[key]).unwrap() };
+    let mut failures = Vec::new();
+    let mut compare = |name: String, ours: Pixels| {
+        let want = image(&name);
+        let wrong = ours.data.iter().zip(&want.data).filter(|(a, b)| a != b).count();
+        if wrong > 0 {
+            failures.push(format!("{name}: {wrong} pixels differ"));
+        }
+    };
+    let (input, edge, mask) = (image("input"), image("edge_input"), image("mask_input"));
+    let sigmas = list("sigmas");
+    assert!(sigmas.len() >= 10);
+    for s in sigmas.iter().map(|v| v.as_u64().unwrap() as u32) {
+        compare(format!("h{s}"), gaussian_blur_axis(&input, s, true));
+        compare(format!("v{s}"), gaussian_blur_axis(&input, s, false));
+    }
+    for s in list("edge_sigmas").iter().map(|v| v.as_u64().unwrap() as u32) {
+        compare(format!("edge_h{s}"), gaussian_blur_axis(&edge, s, true));
+        compare(format!("edge_v{s}"), gaussian_blur_axis(&edge, s, false));
+    }
+    for pass in list("mask_passes") {
+        let (a, b) = (pass[0].as_u64().unwrap() as u32, pass[1].as_u64().unwrap() as u32);
+        let blurred = gaussian_blur_axis(&gaussian_blur_axis(&mask, a, true), b, false);
+        compare(format!("mask_x{a}_y{b}"), blurred);
+    }
+    assert!(failures.is_empty(), "blur differs from OpenCV:\n{}", failures.join("\n"));
+}
+
+/// Inpainting with the plain checkpoint: masked content fill / original / latent noise / latent
+/// nothing, mask blur, invert, "whole picture" and "only masked".
+#[test]
+fn inpaint_matches_a1111_reference_within_two_levels() {
+    check_cases(&|name| name.starts_with("inpaint_"));
 }
 
 /// Hires fix with every latent upscale mode and the Pillow upscalers (`hr_scale`, `hr_resize_x/y`
@@ -315,4 +420,52 @@ fn infotexts_over_http_equal_a1111_reference_key_for_key() {
         assert!(checked.iter().any(|c| c == needed), "no recorded infotexts for {needed}");
     }
     assert!(failures.is_empty(), "infotexts differ:\n{}", failures.join("\n"));
+}
+
+/// The inpainting checkpoint end to end over HTTP: every `inpaintmodel_*` request, sent to
+/// `/sdapi/v1/txt2img` or `/img2img` as a client would (the checkpoint picked by
+/// `override_settings.sd_model_checkpoint`), returns images within ±2 of the reference.
+#[test]
+fn inpainting_checkpoint_over_http_matches_a1111_reference_within_two_levels() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let ckpt = data_dir.path().join("models/Stable-diffusion");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    inpainting_checkpoint(&ckpt);
+    let d = tests::TestDaemon::start_in(data_dir, &[]).unwrap();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixture("golden/a1111"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_stem().is_some_and(|s| s.to_string_lossy().starts_with("inpaintmodel_")))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 5, "inpainting-checkpoint goldens missing");
+    let mut failures = Vec::new();
+    for path in &cases {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let golden = SafetensorsFile::open(path).unwrap();
+        let md = golden.metadata();
+        let request: Value = serde_json::from_str(&md["request"]).unwrap();
+        let answer = d.post(&md["endpoint"], &expand_request(&request)).unwrap();
+        assert_eq!(answer.status, 200, "{name}: {}", answer.text);
+        let expected = golden.read("images").unwrap();
+        let images = answer.json["images"].as_array().unwrap();
+        assert_eq!(images.len() as i64, expected.size()[0], "{name}: image count");
+        let mut worst = 0;
+        for (i, b64) in images.iter().enumerate() {
+            let png = daemon::images::decode_base64(b64.as_str().unwrap()).unwrap();
+            let img = daemon::images::decode_rgb(&png, [0, 0, 0]).unwrap();
+            let ours = tch::Tensor::from_slice(&img.rgb).reshape([img.height as i64, img.width as i64, 3]);
+            let theirs = expected.get(i as i64);
+            assert_eq!(ours.size(), theirs.size(), "{name}: image {i} size");
+            let diff =
+                (ours.to_kind(tch::Kind::Int) - theirs.to_kind(tch::Kind::Int)).abs().max().int64_value(&[]);
+            worst = worst.max(diff);
+        }
+        println!("{name} over HTTP: max difference {worst}");
+        if worst > 2 {
+            failures.push(format!("{name}: max difference {worst}"));
+        }
+    }
+    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
 }

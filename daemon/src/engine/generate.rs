@@ -52,6 +52,12 @@ pub fn generate(
     job: &GenerationJob,
     hooks: &mut StepHooks,
 ) -> Result<Vec<GeneratedImage>, JobError> {
+    // 4 channels: plain SD; 9: inpainting checkpoints (A1111's image conditioning). Others
+    // (instruct-pix2pix's 8) need conditionings this daemon does not build.
+    let channels = model.config.unet.in_channels;
+    if channels != 4 && channels != 9 {
+        return Err(JobError::Unsupported(format!("UNets with {channels} input channels are not supported")));
+    }
     let mut inpaint = None;
     let mut resize_mode = 0;
     let init = match (&job.mode, &job.img2img) {
@@ -66,13 +72,9 @@ pub fn generate(
                 full_res: i.inpaint_full_res,
                 full_res_padding: i.inpaint_full_res_padding,
                 invert: i.inpainting_mask_invert,
+                mask_weight: job.sampler_settings.inpainting_mask_weight,
             });
             if let Some(m) = i.mask.as_ref() {
-                if model.config.unet.in_channels != 4 {
-                    return Err(JobError::Unsupported(
-                        "inpainting models (9-channel UNets) are not supported yet".into(),
-                    ));
-                }
                 let first = &i.init_images[0];
                 if i.inpaint_full_res && (m.width, m.height) != (first.width, first.height) {
                     return Err(JobError::Invalid(format!(
