@@ -94,13 +94,16 @@ pub fn parse_color(s: &str) -> [u8; 3] {
 pub enum ImageFormat {
     Png,
     Jpeg,
+    /// Lossless WebP (the `image` crate has no lossy WebP encoder).
+    WebP,
 }
 
 impl ImageFormat {
-    /// `png`, `jpg`/`jpeg`; anything else falls back to PNG.
+    /// `png`, `jpg`/`jpeg`, `webp`; anything else falls back to PNG.
     pub fn from_option(s: &str) -> ImageFormat {
         match s.to_ascii_lowercase().as_str() {
             "jpg" | "jpeg" => ImageFormat::Jpeg,
+            "webp" => ImageFormat::WebP,
             other => {
                 if other != "png" {
                     tracing::warn!(format = other, "samples_format not supported; writing PNG");
@@ -114,12 +117,13 @@ impl ImageFormat {
         match self {
             ImageFormat::Png => "png",
             ImageFormat::Jpeg => "jpg",
+            ImageFormat::WebP => "webp",
         }
     }
 }
 
 /// Encodes `image`; a PNG carries `texts` as text chunks (A1111 writes the infotext under
-/// `parameters`). JPEG output carries none.
+/// `parameters`), a JPEG carries the `parameters` text in its EXIF UserComment.
 pub fn encode(
     image: &RgbImage,
     format: ImageFormat,
@@ -128,6 +132,25 @@ pub fn encode(
 ) -> Result<Vec<u8>, ImageError> {
     match format {
         ImageFormat::Png => encode_png(image, texts),
+        ImageFormat::WebP => {
+            let mut out = Vec::new();
+            let mut encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut out);
+            if let Some((_, info)) = texts.iter().find(|(k, _)| *k == "parameters") {
+                // A WebP EXIF chunk holds the TIFF structure without JPEG's `Exif\0\0` prefix.
+                let exif = exif_user_comment(info);
+                image::ImageEncoder::set_exif_metadata(&mut encoder, exif[6..].to_vec())
+                    .map_err(|e| ImageError::Encode(e.to_string()))?;
+            }
+            image::ImageEncoder::write_image(
+                encoder,
+                &image.rgb,
+                image.width,
+                image.height,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| ImageError::Encode(e.to_string()))?;
+            Ok(out)
+        }
         ImageFormat::Jpeg => {
             let mut out = Vec::new();
             let encoder =
@@ -140,8 +163,127 @@ pub fn encode(
                 image::ExtendedColorType::Rgb8,
             )
             .map_err(|e| ImageError::Encode(e.to_string()))?;
-            Ok(out)
+            // A1111 stores the infotext in the EXIF UserComment of JPEG and WebP files.
+            match texts.iter().find(|(k, _)| *k == "parameters") {
+                Some((_, info)) => Ok(insert_jpeg_exif(&out, &exif_user_comment(info))),
+                None => Ok(out),
+            }
         }
+    }
+}
+
+/// An EXIF block (`Exif\0\0` and a big-endian TIFF structure) holding only a UserComment with
+/// `text`, laid out as piexif's `dump({"Exif": {UserComment: UserComment.dump(text,
+/// encoding="unicode")}})` that A1111 writes: IFD0 with the Exif IFD pointer, the Exif IFD with
+/// tag 0x9286 (UNDEFINED) whose value is `UNICODE\0` and the text in UTF-16BE.
+pub fn exif_user_comment(text: &str) -> Vec<u8> {
+    let mut comment = b"UNICODE\0".to_vec();
+    comment.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
+    let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08".to_vec();
+    // IFD0 at 8: one entry (12 bytes) and the next-IFD offset; the Exif IFD follows at 26.
+    let exif_ifd = 8 + 2 + 12 + 4;
+    let entry = |tag: u16, kind: u16, count: u32, value: u32| -> Vec<u8> {
+        [&tag.to_be_bytes()[..], &kind.to_be_bytes(), &count.to_be_bytes(), &value.to_be_bytes()].concat()
+    };
+    tiff.extend(1u16.to_be_bytes());
+    tiff.extend(entry(0x8769, 4, 1, exif_ifd as u32));
+    tiff.extend(0u32.to_be_bytes());
+    // Exif IFD: one entry whose data lies right after the IFD.
+    let data_at = exif_ifd + 2 + 12 + 4;
+    tiff.extend(1u16.to_be_bytes());
+    tiff.extend(entry(0x9286, 7, comment.len() as u32, data_at as u32));
+    tiff.extend(0u32.to_be_bytes());
+    tiff.extend(comment);
+    [&b"Exif\0\0"[..], &tiff].concat()
+}
+
+/// `jpeg` with `exif` in an APP1 segment right after the start-of-image marker (where
+/// piexif's `insert` puts it).
+pub fn insert_jpeg_exif(jpeg: &[u8], exif: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(jpeg.len() + exif.len() + 4);
+    out.extend(&jpeg[..2]);
+    out.extend([0xff, 0xe1]);
+    out.extend(((exif.len() + 2) as u16).to_be_bytes());
+    out.extend(exif);
+    out.extend(&jpeg[2..]);
+    out
+}
+
+/// The EXIF UserComment of a JPEG or WebP (`UNICODE`, `ASCII` or undefined encodings, either byte
+/// order), as A1111's `read_info_from_image` gets it through piexif; `None` without one.
+/// WebP files are read from their `EXIF` chunk.
+pub fn read_user_comment(jpeg: &[u8]) -> Option<String> {
+    if jpeg.starts_with(b"RIFF") && jpeg.get(8..12) == Some(b"WEBP") {
+        return webp_user_comment(jpeg);
+    }
+    // Walk the marker segments up to the start of scan, looking for APP1 `Exif`.
+    let mut i = 2;
+    while i + 4 <= jpeg.len() && jpeg[i] == 0xff {
+        let marker = jpeg[i + 1];
+        let len = u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]) as usize;
+        let body = jpeg.get(i + 4..i + 2 + len)?;
+        if marker == 0xe1 && body.starts_with(b"Exif\0\0") {
+            return tiff_user_comment(&body[6..]);
+        }
+        if marker == 0xda {
+            break;
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// The UserComment in a WebP's `EXIF` chunk (with or without an `Exif\0\0` prefix).
+fn webp_user_comment(webp: &[u8]) -> Option<String> {
+    let mut i = 12;
+    while i + 8 <= webp.len() {
+        let id = &webp[i..i + 4];
+        let len = u32::from_le_bytes(webp[i + 4..i + 8].try_into().ok()?) as usize;
+        let body = webp.get(i + 8..i + 8 + len)?;
+        if id == b"EXIF" {
+            return tiff_user_comment(body.strip_prefix(b"Exif\0\0").unwrap_or(body));
+        }
+        // Chunks are padded to an even size.
+        i += 8 + len + (len & 1);
+    }
+    None
+}
+
+fn tiff_user_comment(tiff: &[u8]) -> Option<String> {
+    let big = match tiff.get(..2)? {
+        b"MM" => true,
+        b"II" => false,
+        _ => return None,
+    };
+    let u16_at = |o: usize| -> Option<u16> {
+        let b: [u8; 2] = tiff.get(o..o + 2)?.try_into().ok()?;
+        Some(if big { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+    };
+    let u32_at = |o: usize| -> Option<u32> {
+        let b: [u8; 4] = tiff.get(o..o + 4)?.try_into().ok()?;
+        Some(if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+    };
+    // (count, value/offset) of `tag` in the IFD at `ifd`.
+    let find = |ifd: usize, tag: u16| -> Option<(usize, usize)> {
+        (0..u16_at(ifd)? as usize).find_map(|k| {
+            let e = ifd + 2 + 12 * k;
+            (u16_at(e)? == tag).then_some(())?;
+            Some((u32_at(e + 4)? as usize, u32_at(e + 8)? as usize))
+        })
+    };
+    let (_, exif_ifd) = find(u32_at(4)? as usize, 0x8769)?;
+    let (count, offset) = find(exif_ifd, 0x9286)?;
+    let raw = tiff.get(offset..offset.checked_add(count)?)?;
+    let (prefix, text) = raw.split_at(8.min(raw.len()));
+    if prefix == b"UNICODE\0" {
+        // piexif writes UTF-16BE; files from other tools may be little-endian.
+        let units: Vec<u16> = text
+            .chunks_exact(2)
+            .map(|c| if big { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_le_bytes([c[0], c[1]]) })
+            .collect();
+        Some(String::from_utf16_lossy(&units))
+    } else {
+        Some(String::from_utf8_lossy(text).trim_end_matches('\0').to_string())
     }
 }
 
@@ -617,49 +759,87 @@ pub fn upscale_with(name: &str, img: &Pixels, width: u32, height: u32) -> Option
     Some(im)
 }
 
-/// A Gaussian blur of an `L` image along one axis, as A1111's mask blur calls
-/// `cv2.GaussianBlur` with a `(k, 1)` or `(1, k)` kernel, `k = 2·int(2.5σ + 0.5) + 1`, and
-/// OpenCV's default reflect-101 border. The weights are OpenCV's sampled Gaussian in floating
-/// point; OpenCV's 8-bit path rounds its fixed-point kernel, so single pixels can differ by one
-/// level from it.
+/// OpenCV's 8-bit Gaussian kernel for `n` taps (odd) and `sigma > 0`, in fixed point with 8
+/// fraction bits, as `cv::GaussianBlur` builds it for `CV_8U` images: the sampled Gaussian
+/// `exp(−x²/2σ²)` normalised to sum 1 (`getGaussianKernelBitExact`), then quantised from the
+/// outside in with the rounding error carried to the next tap, the centre taking whatever makes
+/// the sum exactly 256 (`getGaussianKernelFixedPoint_ED`). Rounding each tap on its own instead
+/// puts single pixels one level off.
+pub fn gaussian_kernel_fixed8(n: usize, sigma: f64) -> Vec<u32> {
+    let half = n / 2;
+    // -0.5 / (2σ)² · (2x)², with x counted in half steps as OpenCV does.
+    let scale = -0.125 / (sigma * sigma);
+    let values: Vec<f64> = (0..half)
+        .map(|i| {
+            let x = 2 * i as i64 + 1 - n as i64;
+            ((x * x) as f64 * scale).exp()
+        })
+        .collect();
+    let sum = values.iter().sum::<f64>() * 2.0 + 1.0;
+    let inv = 1.0 / sum;
+    let mut kernel = vec![0u32; n];
+    let mut err = 0.0;
+    let mut total = 0u32;
+    for (i, v) in values.iter().enumerate() {
+        let adjusted = v * inv * 256.0 + err;
+        // cvRound: round half to even.
+        let q = adjusted.round_ties_even();
+        err = adjusted - q;
+        kernel[i] = q as u32;
+        kernel[n - 1 - i] = q as u32;
+        total += 2 * q as u32;
+    }
+    kernel[half] = 256 - total;
+    kernel
+}
+
+/// A Gaussian blur of an 8-bit image along one axis, exactly as A1111's mask blur gets it from
+/// `cv2.GaussianBlur` with a `(k, 1)` or `(1, k)` kernel, `k = 2·int(2.5σ + 0.5) + 1`: OpenCV's
+/// fixed-point path for 8-bit images ([`gaussian_kernel_fixed8`], integer sums, one rounding
+/// `(Σ + 128) >> 8` at the end) with its default reflect-101 border (`gfedcb|abcdefgh|gfedcba`).
+/// A line of one pixel is left as it is, as OpenCV shrinks the kernel to one tap there.
 pub fn gaussian_blur_axis(img: &Pixels, sigma: u32, horizontal: bool) -> Pixels {
-    if sigma == 0 {
+    let (w, h) = (img.width as i64, img.height as i64);
+    let len = if horizontal { w } else { h };
+    if sigma == 0 || len <= 1 {
         return img.clone();
     }
     let s = f64::from(sigma);
-    let k = 2 * ((2.5 * s + 0.5) as i64) + 1;
-    let half = (k - 1) / 2;
-    let mut weights: Vec<f64> =
-        (0..k).map(|i| (-(((i - half) * (i - half)) as f64) / (2.0 * s * s)).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    weights.iter_mut().for_each(|w| *w /= total);
-    let (w, h) = (img.width as i64, img.height as i64);
-    let len = if horizontal { w } else { h };
-    let reflect = |mut i: i64| {
-        if len == 1 {
-            return 0;
-        }
-        loop {
-            if i < 0 {
-                i = -i;
-            } else if i >= len {
-                i = 2 * (len - 1) - i;
-            } else {
-                return i;
-            }
+    let k = 2 * ((2.5 * s + 0.5) as usize) + 1;
+    let kernel = gaussian_kernel_fixed8(k, s);
+    let half = (k / 2) as i64;
+    let reflect = |mut i: i64| loop {
+        if i < 0 {
+            i = -i;
+        } else if i >= len {
+            i = 2 * (len - 1) - i;
+        } else {
+            return i as usize;
         }
     };
+    // Source index of every tap at every position along the axis, computed once.
+    let taps: Vec<Vec<usize>> =
+        (0..len).map(|p| (0..k as i64).map(|j| reflect(p + j - half)).collect()).collect();
+    let ch = img.channels;
     let mut out = vec![0u8; img.data.len()];
-    for y in 0..h {
-        for x in 0..w {
-            for c in 0..img.channels {
-                let mut acc = 0.0;
-                for (j, wj) in weights.iter().enumerate() {
-                    let d = j as i64 - half;
-                    let (sx, sy) = if horizontal { (reflect(x + d), y) } else { (x, reflect(y + d)) };
-                    acc += wj * f64::from(img.at(sx as usize, sy as usize)[c]);
+    for y in 0..h as usize {
+        for x in 0..w as usize {
+            let pos = if horizontal { x } else { y };
+            let at = |src: usize| {
+                if horizontal {
+                    (y * w as usize + src) * ch
+                } else {
+                    (src * w as usize + x) * ch
                 }
-                out[((y * w + x) as usize) * img.channels + c] = acc.round().clamp(0.0, 255.0) as u8;
+            };
+            let base = (y * w as usize + x) * ch;
+            for c in 0..ch {
+                let acc: u32 = taps[pos]
+                    .iter()
+                    .zip(&kernel)
+                    .map(|(&src, &kv)| kv * u32::from(img.data[at(src) + c]))
+                    .sum();
+                out[base + c] = ((acc + 128) >> 8).min(255) as u8;
             }
         }
     }
@@ -845,6 +1025,24 @@ mod tests {
         assert_eq!(rgb.rgb, vec![255, 255, 255, 10, 20, 30]);
         let mask = decode_mask(&png).unwrap();
         assert_eq!(mask.luma, vec![0, 255]);
+    }
+
+    #[test]
+    fn jpeg_and_webp_infotext_round_trip_through_exif_user_comment() {
+        let info = "a cat, «ünïcode» 猫\nSteps: 20, Sampler: Euler a, Seed: 1";
+        let jpeg = encode(&tiny(), ImageFormat::Jpeg, &[("parameters", info)], 90).unwrap();
+        assert_eq!(read_user_comment(&jpeg).as_deref(), Some(info));
+        let decoded = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+        assert_eq!(decoded.dimensions(), (tiny().width, tiny().height));
+        // piexif's layout: the UserComment is `UNICODE\0` and UTF-16BE text.
+        let exif = exif_user_comment("ab");
+        assert!(exif.ends_with(b"UNICODE\0\0a\0b"), "{exif:?}");
+        let plain = encode(&tiny(), ImageFormat::Jpeg, &[], 90).unwrap();
+        assert_eq!(read_user_comment(&plain), None);
+        let webp = encode(&tiny(), ImageFormat::WebP, &[("parameters", info)], 90).unwrap();
+        assert_eq!(read_user_comment(&webp).as_deref(), Some(info));
+        let decoded = image::load_from_memory(&webp).unwrap().to_rgb8();
+        assert_eq!(decoded.into_raw(), tiny().rgb, "lossless");
     }
 
     #[test]

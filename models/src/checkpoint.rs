@@ -11,7 +11,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Mutex;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::clip::{ClipConfig, ClipTextModel};
 use crate::device::Placement;
@@ -201,5 +201,85 @@ impl StableDiffusion {
             lora: Mutex::new(crate::lora::LoraState::default()),
             config,
         })
+    }
+}
+
+impl StableDiffusion {
+    /// Parks the model in host memory: merged LoRAs are restored first (so the host copy is the
+    /// checkpoint's own weights and the merge state stays true), then every weight moves to the
+    /// CPU, into pinned memory when it came from a GPU so that [`Self::to_device`] can copy it
+    /// back asynchronously. The modules see the move because they share each weight's tensor
+    /// with [`Self::params`]. On a CPU model nothing moves.
+    pub fn to_host(&mut self) -> Result<()> {
+        let from = self.placement.device;
+        if from == Device::Cpu {
+            return Ok(());
+        }
+        self.lora.get_mut().unwrap_or_else(|p| p.into_inner()).restore(&self.params)?;
+        self.move_params(Device::Cpu, Some(from))
+    }
+
+    /// Moves every weight to `device` (the inverse of [`Self::to_host`]); the file is not read.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        self.move_params(device, None)
+    }
+
+    /// Replaces the data of every registered weight with a copy on `device`. `set_data` swaps the
+    /// storage under the tensor every module holds, so nothing is rebuilt and each old copy is
+    /// freed as soon as its replacement is in place (the model never exists twice on the GPU).
+    /// `pin_for`: pin the new host copies for transfers to this GPU. If a move fails half-way
+    /// (out of memory, say), the weights already moved are moved back, so the model stays usable
+    /// where it was.
+    fn move_params(&mut self, device: Device, pin_for: Option<Device>) -> Result<()> {
+        let from = self.placement.device;
+        if from == device {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let mut moved: Vec<String> = Vec::new();
+        let mut failure = None;
+        for (name, param) in self.params.iter_mut() {
+            match move_tensor(param, device, pin_for) {
+                Ok(()) => moved.push(name.clone()),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for name in moved {
+                if let Some(param) = self.params.get_mut(&name) {
+                    // Best effort: the original error is the one worth reporting.
+                    let _ = move_tensor(param, from, None);
+                }
+            }
+            synchronize(from);
+            return Err(e);
+        }
+        // Copies to a GPU are issued non-blocking from pinned memory; wait for them before the
+        // host copies (now unreferenced) can be reused.
+        synchronize(device);
+        self.placement.device = device;
+        Ok(())
+    }
+}
+
+fn move_tensor(param: &mut Tensor, device: Device, pin_for: Option<Device>) -> Result<()> {
+    // Only host-to-GPU copies are issued non-blocking (a non-blocking copy to the host could be
+    // read by `pin_memory` before it lands); `move_params` synchronizes after the last one.
+    let non_blocking = matches!(device, Device::Cuda(_));
+    let copy = param.f_to_device_(device, param.kind(), non_blocking, false)?;
+    let copy = match pin_for {
+        Some(_) if tch::Cuda::is_available() => crate::device::pin_memory(&copy)?,
+        _ => copy,
+    };
+    param.f_set_data(&copy)?;
+    Ok(())
+}
+
+fn synchronize(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
     }
 }

@@ -1,4 +1,5 @@
-//! CUDA paths (fp16 and bf16 compute). Ignored by default: run on a machine with a GPU with
+//! CUDA paths (fp16 and bf16 compute, the host-memory checkpoint tier, memory statistics).
+//! Ignored by default: run on a machine with a GPU with
 //! `cargo test -p tests --test gpu_cuda -- --ignored`.
 
 use models::checkpoint::StableDiffusion;
@@ -6,8 +7,14 @@ use models::device::Placement;
 use tch::{Device, Kind, Tensor};
 use tests::{fixture, golden, max_rel_err};
 
-fn run(kind: Kind, tolerance: f64) {
+/// Loads libtorch's CUDA backend and checks that a GPU is there.
+fn require_cuda() {
+    assert!(models::device::load_cuda_backend(), "this libtorch has no CUDA backend");
     assert!(tch::Cuda::is_available(), "no CUDA device");
+}
+
+fn run(kind: Kind, tolerance: f64) {
+    require_cuda();
     let placement = Placement { device: Device::Cuda(0), kind };
     let sd = StableDiffusion::load(&fixture("tiny/tiny-sd15.safetensors"), placement).unwrap();
     let _guard = tch::no_grad_guard();
@@ -34,4 +41,75 @@ fn cuda_fp16_matches_fp32_reference() {
 #[ignore = "needs a CUDA device"]
 fn cuda_bf16_matches_fp32_reference() {
     run(Kind::BFloat16, 5e-2);
+}
+
+/// The UNet's output on the golden inputs, on the model's device and dtype, back in fp32 on the CPU.
+fn unet_out(sd: &StableDiffusion) -> Tensor {
+    let g = golden("unet.safetensors");
+    let Placement { device, kind } = sd.placement;
+    let on = |t: &Tensor| t.to_device(device).to_kind(kind);
+    let _guard = tch::no_grad_guard();
+    sd.unet
+        .forward(&on(&g["x"]), &g["t"].to_device(device), &on(&g["context"]))
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_host_tier_round_trip_reads_no_file_and_keeps_outputs_bit_exact() {
+    use models::device::cuda_memory;
+    use models::lora::LoraSpec;
+    require_cuda();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    std::fs::copy(fixture("tiny/tiny-sd15.safetensors"), &path).unwrap();
+    let cuda = Device::Cuda(0);
+    let mut sd = StableDiffusion::load(&path, Placement::for_device(cuda, false)).unwrap();
+    let plain = unet_out(&sd);
+    let lora =
+        [LoraSpec { path: fixture("lora/tiny_lora.safetensors"), te_multiplier: 1.0, unet_multiplier: 1.0 }];
+    assert!(sd.apply_loras(&lora).unwrap());
+    let merged = unet_out(&sd);
+    assert!((&merged - &plain).abs().max().double_value(&[]) > 0.0, "the LoRA changes the output");
+    let on_device = cuda_memory(cuda).expect("CUDA statistics").allocated.0;
+
+    sd.to_host().unwrap();
+    assert_eq!(sd.placement.device, Device::Cpu);
+    assert_eq!(sd.lora.lock().unwrap().changed_weights(), 0, "merges are restored before parking");
+    for (name, p) in &sd.params {
+        assert_eq!(p.device(), Device::Cpu, "{name}");
+        assert!(models::device::is_pinned(p), "{name} is in pinned memory");
+    }
+    let parked = cuda_memory(cuda).unwrap().allocated.0;
+    let weights: i64 = sd.params.values().map(|p| p.numel() as i64 * 2).sum();
+    assert!(on_device - parked >= weights, "the weights left the GPU: {on_device} -> {parked} ({weights})");
+
+    // Back without the file: the same outputs, bit for bit (a module left behind on the host
+    // would fail on CUDA inputs), and LoRAs merge as before.
+    std::fs::write(&path, b"gone").unwrap();
+    sd.to_device(cuda).unwrap();
+    assert_eq!(sd.placement.device, cuda);
+    assert!(sd.params.values().all(|p| p.device() == cuda));
+    assert_eq!((unet_out(&sd) - &plain).abs().max().double_value(&[]), 0.0);
+    assert!(sd.apply_loras(&lora).unwrap());
+    assert_eq!((unet_out(&sd) - &merged).abs().max().double_value(&[]), 0.0);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_memory_reports_device_and_allocator_statistics() {
+    require_cuda();
+    let cuda = Device::Cuda(0);
+    let block = Tensor::zeros([16, 1024, 1024], (Kind::Float, cuda));
+    let m = models::device::cuda_memory(cuda).expect("CUDA statistics");
+    assert!(m.total > m.free && m.free > 0, "{m:?}");
+    assert!(m.allocated.0 >= 64 << 20 && m.allocated.1 >= m.allocated.0, "{m:?}");
+    assert!(m.reserved.0 >= m.allocated.0, "{m:?}");
+    assert!(m.active.0 >= 64 << 20, "{m:?}");
+    assert_eq!(m.ooms, 0, "{m:?}");
+    drop(block);
+    let after = models::device::cuda_memory(cuda).unwrap();
+    assert!(after.allocated.0 <= m.allocated.0 - (64 << 20), "{after:?}");
+    assert_eq!(models::device::cuda_memory(Device::Cpu), None);
 }

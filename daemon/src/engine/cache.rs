@@ -2,15 +2,18 @@
 //! at least 1) and in host memory (`--ram-checkpoints`). Switching to a checkpoint on the device
 //! loads nothing; one in host memory is moved back without reading its file.
 //!
+//! A checkpoint that is not cached is loaded completely before anything is evicted for it: when
+//! the device is full it is first built in host memory and moved over only once it is whole, so a
+//! file that fails half-way costs none of the models already loaded (and the device never holds
+//! more than its capacity).
+//!
 //! The LRU bookkeeping is generic over [`Tiers`] (how a model is loaded and moved), so it is
 //! tested with a counting fake; [`CheckpointTiers`] is the real implementation.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use models::checkpoint::{CheckpointConfig, StableDiffusion};
 use models::device::Placement;
-use models::weights::{names, MemorySource, Weights};
 use tch::Device;
 
 use super::job::JobError;
@@ -21,12 +24,14 @@ pub trait Tiers {
     type Device;
     /// A model parked in host memory.
     type Host;
-    /// Cheap checks that `path` can be loaded at all, made before anything is evicted for it,
-    /// so a broken file does not cost the models already loaded.
+    /// Cheap checks that `path` can be loaded at all, made before any work for it.
     fn probe(&mut self, _path: &Path) -> Result<(), JobError> {
         Ok(())
     }
+    /// Loads straight onto the device (used while the device has room).
     fn load(&mut self, path: &Path) -> Result<Self::Device, JobError>;
+    /// Loads into host memory, to be moved to the device once room is made.
+    fn load_to_host(&mut self, path: &Path) -> Result<Self::Host, JobError>;
     fn to_host(&mut self, path: &Path, model: Self::Device) -> Result<Self::Host, JobError>;
     fn to_device(&mut self, path: &Path, model: Self::Host) -> Result<Self::Device, JobError>;
 }
@@ -38,6 +43,8 @@ pub struct ModelCache<T: Tiers> {
     host: Vec<(PathBuf, T::Host)>,
     device_capacity: usize,
     host_capacity: usize,
+    /// Checkpoint files read so far (successful loads only).
+    loads: u64,
 }
 
 impl<T: Tiers> ModelCache<T> {
@@ -48,6 +55,7 @@ impl<T: Tiers> ModelCache<T> {
             host: Vec::new(),
             device_capacity: device_capacity.max(1),
             host_capacity,
+            loads: 0,
         }
     }
 
@@ -56,18 +64,24 @@ impl<T: Tiers> ModelCache<T> {
         if let Some(i) = self.device.iter().position(|(p, _)| p == path) {
             let entry = self.device.remove(i);
             self.device.insert(0, entry);
-        } else {
-            let parked_at = self.host.iter().position(|(p, _)| p == path);
-            if parked_at.is_none() {
-                self.tiers.probe(path)?;
-            }
-            let parked = parked_at.map(|i| self.host.remove(i).1);
+        } else if let Some(i) = self.host.iter().position(|(p, _)| p == path) {
+            let parked = self.host.remove(i).1;
             // Make room first, so the device never holds more than its capacity, even briefly.
             self.evict_device_to(self.device_capacity - 1);
-            let model = match parked {
-                Some(m) => self.tiers.to_device(path, m)?,
-                None => self.tiers.load(path)?,
+            let model = self.tiers.to_device(path, parked)?;
+            self.device.insert(0, (path.to_path_buf(), model));
+        } else {
+            self.tiers.probe(path)?;
+            let model = if self.device.len() < self.device_capacity {
+                self.tiers.load(path)?
+            } else {
+                // The device is full: build the model in host memory, where a failure costs
+                // nothing, and evict only once it is complete.
+                let staged = self.tiers.load_to_host(path)?;
+                self.evict_device_to(self.device_capacity - 1);
+                self.tiers.to_device(path, staged)?
             };
+            self.loads += 1;
             self.device.insert(0, (path.to_path_buf(), model));
         }
         Ok(&self.device[0].1)
@@ -93,6 +107,11 @@ impl<T: Tiers> ModelCache<T> {
         self.host.iter().map(|(p, _)| p.clone()).collect()
     }
 
+    /// How many checkpoint files have been read into the cache (moves between tiers excluded).
+    pub fn loads(&self) -> u64 {
+        self.loads
+    }
+
     fn evict_device_to(&mut self, keep: usize) {
         while self.device.len() > keep {
             let (path, model) = self.device.pop().expect("length checked above");
@@ -100,11 +119,11 @@ impl<T: Tiers> ModelCache<T> {
                 drop(model);
                 continue;
             }
+            // The least recently used parked model leaves first, so host memory never holds
+            // more than its capacity either.
+            self.host.truncate(self.host_capacity - 1);
             match self.tiers.to_host(&path, model) {
-                Ok(parked) => {
-                    self.host.insert(0, (path, parked));
-                    self.host.truncate(self.host_capacity);
-                }
+                Ok(parked) => self.host.insert(0, (path, parked)),
                 Err(e) => {
                     tracing::warn!(checkpoint = %path.display(), cause = %e, "could not keep checkpoint in host memory")
                 }
@@ -113,29 +132,16 @@ impl<T: Tiers> ModelCache<T> {
     }
 }
 
-/// A checkpoint parked in host memory.
-pub enum HostModel {
-    /// On a CPU device the model already lives in host memory: parking moves nothing.
-    Resident(Box<StableDiffusion>),
-    /// Off a GPU: the checkpoint's tensors in host memory.
-    Tensors(Box<HostTensors>),
-}
-
-/// A checkpoint's tensors in host memory, in the compute dtype, under A1111 names, ready to be
-/// rebuilt on the device without reading the file.
-pub struct HostTensors {
-    pub config: CheckpointConfig,
-    pub tensors: MemorySource,
-}
-
-/// Loads checkpoints onto one device and parks them in host memory.
+/// Loads checkpoints onto one device and parks them in host memory. A parked checkpoint is the
+/// same [`StableDiffusion`] with its weights moved to (pinned) host memory; on a CPU device
+/// parking moves nothing, the tiers then differ only in their capacities.
 pub struct CheckpointTiers {
     pub placement: Placement,
 }
 
 impl Tiers for CheckpointTiers {
     type Device = StableDiffusion;
-    type Host = HostModel;
+    type Host = StableDiffusion;
 
     /// Opens the file and detects the architecture from tensor headers (no tensor data).
     fn probe(&mut self, path: &Path) -> Result<(), JobError> {
@@ -148,44 +154,20 @@ impl Tiers for CheckpointTiers {
         Ok(StableDiffusion::load(path, self.placement)?)
     }
 
-    fn to_host(&mut self, path: &Path, model: StableDiffusion) -> Result<HostModel, JobError> {
-        if self.placement.device == Device::Cpu {
-            return Ok(HostModel::Resident(Box::new(model)));
-        }
-        // The model's modules do not expose their tensors, so the host copy is read from the
-        // (usually page-cached) file once, after the device copy is freed.
-        let config = model.config.clone();
-        drop(model);
-        Ok(HostModel::Tensors(Box::new(HostTensors {
-            config,
-            tensors: read_host_tensors(path, self.placement)?,
-        })))
+    /// Builds the model on the CPU in the compute dtype, ready for [`Tiers::to_device`].
+    fn load_to_host(&mut self, path: &Path) -> Result<StableDiffusion, JobError> {
+        Ok(StableDiffusion::load(path, Placement { device: Device::Cpu, kind: self.placement.kind })?)
     }
 
-    fn to_device(&mut self, _path: &Path, model: HostModel) -> Result<StableDiffusion, JobError> {
-        match model {
-            HostModel::Resident(m) => Ok(*m),
-            HostModel::Tensors(host) => {
-                let HostTensors { config, tensors } = *host;
-                Ok(StableDiffusion::build(&Weights::from_source(&tensors, self.placement), config)?)
-            }
-        }
+    fn to_host(&mut self, _path: &Path, mut model: StableDiffusion) -> Result<StableDiffusion, JobError> {
+        model.to_host()?;
+        Ok(model)
     }
-}
 
-/// The CLIP, UNet and VAE tensors of a checkpoint on the CPU, floats cast to the compute dtype.
-fn read_host_tensors(path: &Path, placement: Placement) -> Result<MemorySource, JobError> {
-    let src = models::checkpoint::open(path)?;
-    let mut tensors = HashMap::new();
-    for name in src.names() {
-        if ![names::CLIP, names::UNET, names::VAE].iter().any(|p| name.starts_with(p)) {
-            continue;
-        }
-        let t = src.read(&name)?;
-        let t = if t.is_floating_point() { t.f_to_kind(placement.kind)? } else { t };
-        tensors.insert(name, t);
+    fn to_device(&mut self, _path: &Path, mut model: StableDiffusion) -> Result<StableDiffusion, JobError> {
+        model.to_device(self.placement.device)?;
+        Ok(model)
     }
-    Ok(MemorySource::new(tensors))
 }
 
 #[cfg(test)]
@@ -216,6 +198,9 @@ mod tests {
             }
             self.loads.push(name.clone());
             Ok(name)
+        }
+        fn load_to_host(&mut self, path: &Path) -> Result<String, JobError> {
+            self.load(path)
         }
         fn to_host(&mut self, _: &Path, m: String) -> Result<String, JobError> {
             self.to_host += 1;
@@ -250,7 +235,8 @@ mod tests {
         assert_eq!(cache.host_paths(), vec![p("a")]);
         cache.get(&p("a")).unwrap();
         assert_eq!(cache.tiers.loads, vec!["a", "b"], "a came back from host memory");
-        assert_eq!((cache.tiers.to_host, cache.tiers.to_device), (2, 1));
+        // b was built in host memory (the device was full) and moved over, then a came back.
+        assert_eq!((cache.tiers.to_host, cache.tiers.to_device), (2, 2));
         assert_eq!(cache.device_paths(), vec![p("a")]);
         assert_eq!(cache.host_paths(), vec![p("b")]);
     }
@@ -295,7 +281,30 @@ mod tests {
     }
 
     #[test]
-    fn host_tensors_rebuild_the_same_model_without_the_file() {
+    fn cache_failed_load_on_full_device_evicts_nothing() {
+        let mut cache = ModelCache::new(Fake::default(), 1, 1);
+        cache.get(&p("a")).unwrap();
+        // "broken" passes the probe and fails while loading.
+        assert!(cache.get(&p("broken")).is_err());
+        assert_eq!(cache.device_paths(), vec![p("a")]);
+        assert!(cache.host_paths().is_empty());
+        assert_eq!((cache.tiers.to_host, cache.tiers.to_device), (0, 0));
+        cache.get(&p("a")).unwrap();
+        assert_eq!(cache.loads(), 1, "a stayed loaded");
+    }
+
+    #[test]
+    fn cache_loads_count_files_read_not_moves() {
+        let mut cache = ModelCache::new(Fake::default(), 1, 1);
+        for name in ["a", "b", "a", "b", "c"] {
+            cache.get(&p(name)).unwrap();
+        }
+        assert_eq!(cache.loads(), 3);
+        assert_eq!(cache.tiers.loads, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn checkpoint_tiers_round_trip_without_the_file() {
         let fixture =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/tiny-sd15.safetensors");
         let dir = tempfile::tempdir().unwrap();
@@ -303,19 +312,16 @@ mod tests {
         std::fs::copy(&fixture, &path).unwrap();
         let placement = Placement::cpu();
         let _guard = tch::no_grad_guard();
-        let original = StableDiffusion::load(&path, placement).unwrap();
-        let host = HostTensors {
-            config: original.config.clone(),
-            tensors: read_host_tensors(&path, placement).unwrap(),
-        };
-        // Moving back to the device must not need the file.
-        std::fs::remove_file(&path).unwrap();
-        let rebuilt =
-            CheckpointTiers { placement }.to_device(&path, HostModel::Tensors(Box::new(host))).unwrap();
-        assert_eq!(rebuilt.config, original.config);
+        let mut tiers = CheckpointTiers { placement };
+        let model = tiers.load(&path).unwrap();
         let latent = tch::Tensor::randn([1, 4, 8, 8], (tch::Kind::Float, Device::Cpu));
-        let (a, b) = (original.vae.decode(&latent), rebuilt.vae.decode(&latent));
-        assert_eq!(a.size(), b.size());
-        assert_eq!((a - b).abs().max().double_value(&[]), 0.0);
+        let before = model.vae.decode(&latent);
+        let parked = tiers.to_host(&path, model).unwrap();
+        // Moving back must not need the file.
+        std::fs::write(&path, b"not a checkpoint any more").unwrap();
+        let back = tiers.to_device(&path, parked).unwrap();
+        assert_eq!(back.placement, placement);
+        let after = back.vae.decode(&latent);
+        assert_eq!((before - after).abs().max().double_value(&[]), 0.0);
     }
 }

@@ -32,6 +32,9 @@ pub struct EngineStatus {
     pub host_checkpoints: Vec<PathBuf>,
     /// Jobs the engine has finished (any outcome).
     pub jobs_done: u64,
+    /// Checkpoint files read into the cache so far; switching between cached checkpoints leaves
+    /// it unchanged.
+    pub checkpoint_loads: u64,
 }
 
 pub(crate) struct Worker {
@@ -143,7 +146,9 @@ impl Worker {
             None => (None, None, None),
         };
         let host = self.cache.host_paths();
+        let loads = self.cache.loads();
         self.status.send_modify(|s| {
+            s.checkpoint_loads = loads;
             s.active = active;
             s.architecture = architecture;
             s.clip_width = clip_width;

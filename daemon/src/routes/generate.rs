@@ -121,12 +121,14 @@ async fn run(state: web::Data<AppState>, v: ValidatedJob) -> Result<HttpResponse
 
     let inpainting = state.engine.status().unet_in_channels == Some(9) && job.mode == GenerationMode::Img2Img;
     let info = generation_info(&job, &v.checkpoint, &images, job_timestamp, inpainting);
+    let names = NameContext::new(&job, &v.checkpoint);
     let output = Output {
         options: v.options,
         data_dir: state.config.data_dir.clone(),
         mode: job.mode,
         send_images: v.send_images,
         save_images: v.save_images,
+        names,
     };
     let state2 = state.clone();
     let encoded = blocking(move || output.write(&images, &state2.save_lock)).await?;
@@ -190,6 +192,8 @@ struct Output {
     mode: GenerationMode,
     send_images: bool,
     save_images: bool,
+    /// What `samples_filename_pattern` tokens are filled from.
+    names: NameContext,
 }
 
 impl Output {
@@ -205,7 +209,7 @@ impl Output {
         let quality = view.i64("jpeg_quality").clamp(1, 100) as u8;
         let encode_err = |e: images::ImageError| ApiError::Runtime(e.to_string());
         let mut out = Vec::new();
-        for image in images {
+        for (index, image) in images.iter().enumerate() {
             let rgb = crate::engine::job::RgbImage {
                 width: image.width,
                 height: image.height,
@@ -219,17 +223,17 @@ impl Output {
             let bytes = images::encode(&rgb, format, texts, quality).map_err(encode_err)?;
             if self.save_images {
                 let dir = self.samples_dir(&view);
-                let seed = image.seed.to_string();
-                let stem = if view.bool("save_to_dirs") {
-                    seed
-                } else {
-                    let prompt = images::sanitize_for_file_name(&image.prompt);
-                    if prompt.is_empty() {
-                        seed
-                    } else {
-                        format!("{seed}-{prompt}")
-                    }
+                // A1111's defaults when the pattern option is empty.
+                let pattern = match view.string("samples_filename_pattern") {
+                    p if !p.trim().is_empty() => p,
+                    _ if view.bool("save_to_dirs") => "[seed]".to_string(),
+                    _ => "[seed]-[prompt_spaces]".to_string(),
                 };
+                let words = view.i64("directories_max_prompt_words").max(1) as usize;
+                let mut stem = self.names.apply(&pattern, image, index, words);
+                if stem.is_empty() {
+                    stem = image.seed.to_string();
+                }
                 let path = images::save_numbered(&dir, &stem, format.extension(), &bytes, save_lock)
                     .map_err(|e| ApiError::Runtime(format!("saving to {}: {e}", dir.display())))?;
                 tracing::info!(file = %path.display(), "image saved");
@@ -257,6 +261,152 @@ impl Output {
             GenerationMode::Img2Img => "outdir_img2img_samples",
         };
         output_dir(&self.data_dir, view, key, view.bool("save_to_dirs"))
+    }
+}
+
+/// The job-wide values of A1111's `FilenameGenerator` (modules/images.py), which expands
+/// `samples_filename_pattern`: `[seed]`, `[seed_first]`, `[seed_last]`, `[steps]`, `[cfg]`,
+/// `[width]`, `[height]`, `[sampler]`, `[scheduler]`, `[model_name]`, `[model_hash]`, `[date]`,
+/// `[datetime]` (with an optional `<strftime format>`), `[job_timestamp]`, `[prompt]`,
+/// `[prompt_spaces]`, `[prompt_no_styles]`, `[prompt_words]`, `[batch_number]`,
+/// `[generation_number]`, `[batch_size]`, `[clip_skip]`, `[denoising]`, `[none]`. Unknown
+/// tokens stay in the name as written, as A1111 leaves them.
+struct NameContext {
+    all_seeds: Vec<i64>,
+    steps: u32,
+    cfg_scale: f64,
+    width: u32,
+    height: u32,
+    sampler: String,
+    scheduler: String,
+    model_name: String,
+    model_hash: Option<String>,
+    batch_size: usize,
+    n_iter: usize,
+    clip_skip: u32,
+    denoising: Option<f64>,
+    job_timestamp: String,
+}
+
+/// Characters A1111 replaces with `_` in file-name parts.
+const INVALID_FILENAME_CHARS: &str = "#<>:\"/\\|?*\n\r\t";
+
+/// A1111's `sanitize_filename_part`: spaces to `_` (when asked), forbidden characters to `_`,
+/// no leading spaces, at most 128 characters, no trailing spaces or dots.
+fn sanitize_filename_part(text: &str, replace_spaces: bool) -> String {
+    let replaced: String = text
+        .chars()
+        .map(|c| if INVALID_FILENAME_CHARS.contains(c) || (replace_spaces && c == ' ') { '_' } else { c })
+        .collect();
+    let cut: String = replaced.trim_start_matches(' ').chars().take(128).collect();
+    cut.trim_end_matches([' ', '.']).to_string()
+}
+
+impl NameContext {
+    fn new(job: &GenerationJob, checkpoint: &CheckpointEntry) -> Self {
+        NameContext {
+            all_seeds: job.seeds.clone(),
+            steps: job.steps,
+            cfg_scale: job.cfg_scale,
+            width: job.width,
+            height: job.height,
+            sampler: job.sampler.clone(),
+            scheduler: job.scheduler.clone(),
+            model_name: checkpoint.model_name.clone(),
+            model_hash: checkpoint.sha256.as_ref().map(|h| h.chars().take(10).collect()),
+            batch_size: job.batch_size,
+            n_iter: job.n_iter,
+            clip_skip: job.clip_skip,
+            denoising: job.denoising_strength,
+            job_timestamp: chrono::Local::now().format("%Y%m%d%H%M%S").to_string(),
+        }
+    }
+
+    /// The value of `token` for image `index` of the job; `Some("")` for a token that drops the
+    /// text before it (A1111's `NOTHING_AND_SKIP_PREVIOUS_TEXT`) is returned as `Err(())`.
+    fn value(
+        &self,
+        token: &str,
+        args: &[String],
+        image: &GeneratedImage,
+        index: usize,
+        words: usize,
+    ) -> Option<Result<String, ()>> {
+        let skip_single = |skip: bool, value: usize| if skip { Err(()) } else { Ok(value.to_string()) };
+        let batch = self.batch_size.max(1);
+        Some(Ok(match token {
+            "seed" => image.seed.to_string(),
+            "seed_first" => self.all_seeds.first().copied().unwrap_or(image.seed).to_string(),
+            "seed_last" => self.all_seeds.last().copied().unwrap_or(image.seed).to_string(),
+            "steps" => self.steps.to_string(),
+            "cfg" => format!("{:?}", self.cfg_scale),
+            "width" => self.width.to_string(),
+            "height" => self.height.to_string(),
+            "sampler" => sanitize_filename_part(&self.sampler, false),
+            "scheduler" => sanitize_filename_part(&self.scheduler, false),
+            "model_name" => sanitize_filename_part(&self.model_name, false),
+            "model_hash" => self.model_hash.clone()?,
+            "date" => chrono::Local::now().format("%Y-%m-%d").to_string(),
+            "datetime" => {
+                let format = args.first().map_or("%Y%m%d%H%M%S", String::as_str);
+                let mut out = String::new();
+                // A format chrono cannot render leaves the token as written, not a panic.
+                std::fmt::write(&mut out, format_args!("{}", chrono::Local::now().format(format))).ok()?;
+                out
+            }
+            "job_timestamp" => self.job_timestamp.clone(),
+            "prompt" | "prompt_no_styles" => sanitize_filename_part(&image.prompt, true),
+            "prompt_spaces" => sanitize_filename_part(&image.prompt, false),
+            "prompt_words" => {
+                let split = image.prompt.split(|c: char| c.is_whitespace() || c.is_ascii_punctuation());
+                let kept: Vec<&str> = split.filter(|w| !w.is_empty()).take(words).collect();
+                sanitize_filename_part(&kept.join(" "), false)
+            }
+            "batch_number" => return Some(skip_single(self.batch_size <= 1, index % batch + 1)),
+            "generation_number" => {
+                return Some(skip_single(self.n_iter <= 1 && self.batch_size <= 1, index + 1))
+            }
+            "batch_size" => self.batch_size.to_string(),
+            "clip_skip" => self.clip_skip.to_string(),
+            "denoising" => format!("{:?}", self.denoising?),
+            "none" => String::new(),
+            _ => return None,
+        }))
+    }
+
+    /// Expands `pattern` for image `index` as A1111's `FilenameGenerator.apply` does: text
+    /// between tokens is kept, `[token<arg>…]` is replaced by its value, an unknown token is kept
+    /// as written, and a token that yields nothing drops the text before it.
+    fn apply(&self, pattern: &str, image: &GeneratedImage, index: usize, words: usize) -> String {
+        let tokens = regex::Regex::new(r"\[([^\[\]]+)\]").expect("a constant regex compiles; this is a bug");
+        let mut out = String::new();
+        let mut last = 0;
+        for m in tokens.captures_iter(pattern) {
+            let whole = m.get(0).expect("group 0 always matches");
+            let text = &pattern[last..whole.start()];
+            last = whole.end();
+            // `name<arg1><arg2>`: arguments are peeled off the end.
+            let mut name = m[1].to_string();
+            let mut args = Vec::new();
+            while let Some(stripped) = name.strip_suffix('>') {
+                let Some(open) = stripped.rfind('<') else { break };
+                args.insert(0, stripped[open + 1..].to_string());
+                name = stripped[..open].to_string();
+            }
+            match self.value(&name.to_lowercase(), &args, image, index, words) {
+                Some(Ok(value)) => {
+                    out.push_str(text);
+                    out.push_str(&value);
+                }
+                Some(Err(())) => {}
+                None => {
+                    out.push_str(text);
+                    out.push_str(whole.as_str());
+                }
+            }
+        }
+        out.push_str(&pattern[last..]);
+        out
     }
 }
 
@@ -304,6 +454,71 @@ mod tests {
         }
     }
 
+    fn names() -> NameContext {
+        NameContext {
+            all_seeds: vec![1003, 1004],
+            steps: 20,
+            cfg_scale: 7.0,
+            width: 512,
+            height: 768,
+            sampler: "DPM++ 2M".into(),
+            scheduler: "Karras".into(),
+            model_name: "v1-5-pruned".into(),
+            model_hash: Some("6ce0161689".into()),
+            batch_size: 2,
+            n_iter: 1,
+            clip_skip: 2,
+            denoising: None,
+            job_timestamp: "20240101120000".into(),
+        }
+    }
+
+    #[test]
+    fn filename_pattern_expands_a1111_tokens() {
+        let n = names();
+        let mut img = image(1004);
+        img.prompt = "a cat: on/a mat, (best) quality.".into();
+        let apply = |p: &str| n.apply(p, &img, 1, 3);
+        assert_eq!(apply("[seed]-[prompt_spaces]"), "1004-a cat_ on_a mat, (best) quality");
+        assert_eq!(apply("[prompt]"), "a_cat__on_a_mat,_(best)_quality");
+        assert_eq!(apply("[prompt_words]"), "a cat on");
+        assert_eq!(
+            apply("[model_name]-[model_hash]-[sampler]-[steps]-[cfg]-[width]x[height]"),
+            "v1-5-pruned-6ce0161689-DPM++ 2M-20-7.0-512x768"
+        );
+        assert_eq!(apply("[seed_first]_[seed_last]_[batch_number]_[clip_skip]"), "1003_1004_2_2");
+        assert_eq!(apply("[job_timestamp]"), "20240101120000");
+        assert_eq!(apply("[datetime<%Y>]"), chrono::Local::now().format("%Y").to_string());
+        assert_eq!(apply("[date]"), chrono::Local::now().format("%Y-%m-%d").to_string());
+        // Unknown tokens stay as written; [denoising] without a strength too; a token that
+        // yields nothing takes the text before it along.
+        assert_eq!(apply("x-[no_such]-[denoising]"), "x-[no_such]-[denoising]");
+        let single = NameContext { batch_size: 1, ..names() };
+        assert_eq!(single.apply("[seed]-[batch_number]", &img, 0, 8), "1004");
+    }
+
+    #[test]
+    fn output_write_uses_the_filename_pattern_and_exif_for_jpeg() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = compat::api::options::defaults();
+        options.insert("samples_filename_pattern".into(), "[seed]-[steps]-[model_name]".into());
+        options.insert("samples_format".into(), "jpg".into());
+        let output = Output {
+            options,
+            data_dir: dir.path().to_path_buf(),
+            mode: GenerationMode::Txt2Img,
+            send_images: false,
+            save_images: true,
+            names: names(),
+        };
+        output.write(&[image(1003)], &std::sync::Mutex::new(())).unwrap();
+        let date = chrono::Local::now().format("%Y-%m-%d").to_string();
+        let file = dir.path().join("outputs/txt2img-images").join(date).join("00000-1003-20-v1-5-pruned.jpg");
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(images::read_user_comment(&bytes).as_deref(), Some("a cat\nSteps: 2, Seed: 1003"));
+        assert_eq!(image::load_from_memory(&bytes).unwrap().width(), 4);
+    }
+
     #[test]
     fn output_write_saves_numbered_pngs_with_infotext_and_params_txt() {
         let dir = tempfile::tempdir().unwrap();
@@ -313,6 +528,7 @@ mod tests {
             mode: GenerationMode::Txt2Img,
             send_images: true,
             save_images: true,
+            names: names(),
         };
         let lock = std::sync::Mutex::new(());
         let encoded = output.write(&[image(1003), image(1004)], &lock).unwrap();

@@ -584,18 +584,36 @@ pub(crate) fn run_upscale(job: &UpscaleJob, stop: &dyn Fn() -> bool) -> Result<V
         .collect()
 }
 
-/// `GET /memory`: process and machine memory from `/proc` (bytes). CUDA statistics are not
-/// collected by this build.
+/// `GET /memory`: process and machine memory from `/proc` (bytes), and on CUDA the device's
+/// memory and the caching allocator's statistics in A1111's shape. Without CUDA, `cuda` holds an
+/// `error` as A1111's does.
 pub async fn memory(state: web::Data<AppState>) -> HttpResponse {
     let ram = match read_ram() {
         Some((used, total)) => json!({"free": (total - used) as f64, "used": used, "total": total as f64}),
         None => json!({"error": "memory information is not available on this system"}),
     };
-    let cuda = match state.device {
-        tch::Device::Cuda(_) => json!({"error": "CUDA memory statistics are not collected by diffusiond"}),
-        _ => json!({"error": "unavailable"}),
+    let cuda = match models::device::cuda_memory(state.device) {
+        Some(m) => cuda_json(&m),
+        None => match state.device {
+            tch::Device::Cuda(_) => json!({"error": "CUDA memory statistics are not available"}),
+            _ => json!({"error": "unavailable"}),
+        },
     };
     HttpResponse::Ok().json(MemoryResponse { ram, cuda })
+}
+
+/// A1111's `cuda` object: `system` from `mem_get_info`, the pools as `{current, peak}` and the
+/// allocator's `events`.
+fn cuda_json(m: &models::device::CudaMemory) -> Value {
+    let pool = |(current, peak): (i64, i64)| json!({"current": current, "peak": peak});
+    json!({
+        "system": {"free": m.free, "used": m.total - m.free, "total": m.total},
+        "active": pool(m.active),
+        "allocated": pool(m.allocated),
+        "reserved": pool(m.reserved),
+        "inactive": pool(m.inactive),
+        "events": {"retries": m.retries, "oom": m.ooms},
+    })
 }
 
 /// (this process's resident bytes, the machine's total bytes), from `/proc`.
