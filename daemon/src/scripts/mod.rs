@@ -1,6 +1,7 @@
 //! What runs around a txt2img/img2img request before and after the engine (prompts.md §2.8,
 //! §3, §4): the Dynamic Prompts extension ([`dynamic`]), Randomizer Keywords
-//! ([`crate::keywords`]) and the X/Y/Z plot ([`xyz`]).
+//! ([`crate::keywords`]) and the X/Y/Z plot ([`xyz`], positional or as the native `xyz_plot`
+//! object).
 //!
 //! The routes here wrap [`crate::routes::generate`]: a request that needs none of this is
 //! passed through untouched. Otherwise the templates are expanded per image, keyword tags are
@@ -43,7 +44,8 @@ async fn handle(state: web::Data<AppState>, body: web::Bytes, mode: GenerationMo
     // Malformed bodies are reported by the generation route itself, with FastAPI's messages.
     let Ok(Value::Object(request)) = parse_json(&body) else { return delegate(state, body, mode).await };
     let script = request.get("script_name").and_then(Value::as_str).unwrap_or("").to_lowercase();
-    if script == xyz::SCRIPT_NAME {
+    let native_plot = request.get(xyz::NATIVE_FIELD).is_some_and(|v| !v.is_null());
+    if script == xyz::SCRIPT_NAME || native_plot {
         return match xyz::run(state, request, mode).await {
             Ok(r) => r,
             Err(e) => e.error_response(),

@@ -1,10 +1,15 @@
 //! The X/Y/Z plot script (prompts.md §4): `script_name: "x/y/z plot"` with A1111's positional
-//! `script_args`. Every cell is an ordinary generation request (a copy of the request with the
-//! axis values applied, templates and keywords included); the answer's first image is the grid
-//! with legends, followed by the cell images when "Include Sub Images" is on. With
-//! `save_images` and the `grid_save` option on, the grid is also saved with its infotext under
-//! `outdir_txt2img_grids` (or `outdir_img2img_grids`), numbered and named by the first cell's
-//! seed as A1111 names it.
+//! `script_args`, or the same settings as a named `xyz_plot` object (axis types by label or
+//! index, values as A1111's text or a JSON list); both forms become one [`Args`] and share
+//! everything after. Every cell is an ordinary generation request (a copy of the request with the
+//! axis values applied, templates and keywords included), run in A1111's loop order so the axis
+//! that is dearest to switch (a checkpoint) changes least often; cells are answered in grid
+//! order. A cell whose job fails while running is drawn as a black image of the first cell's
+//! size, as A1111 does; bad axis types or values, and requests the route refuses, fail the whole
+//! plot. The answer's first image is the grid with legends, followed by the cell images when
+//! "Include Sub Images" is on. With `save_images` and the `grid_save` option on, the grid is
+//! also saved with its infotext under `outdir_txt2img_grids` (or `outdir_img2img_grids`),
+//! numbered and named by the first cell's seed as A1111 names it.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -172,9 +177,28 @@ fn py_float(f: f64) -> String {
     }
 }
 
-/// The positional `script_args` (§4.1).
+/// Where an axis's type and values come from.
+#[derive(Clone, Debug)]
+struct AxisSpec {
+    /// An index into the tab's axis list (a number or a numeric string) or a label.
+    ty: Value,
+    values: AxisValues,
+    /// Where a bad type or value is reported in a 422.
+    loc: Vec<Value>,
+}
+
+#[derive(Clone, Debug)]
+enum AxisValues {
+    /// The positional form: the text field, and the dropdown list that replaces it for axes
+    /// with choices unless `csv_mode` is on.
+    Positional { text: String, dropdown: Vec<String> },
+    /// The native form's JSON list: the values themselves, for any axis.
+    List(Vec<String>),
+}
+
+/// The plot's settings, from either form (§4.1); both run through the same code from here on.
 struct Args {
-    axes: [(Value, String, Vec<String>); 3],
+    axes: [AxisSpec; 3],
     draw_legend: bool,
     include_lone_images: bool,
     include_sub_grids: bool,
@@ -183,6 +207,12 @@ struct Args {
     margin: u32,
     csv_mode: bool,
 }
+
+/// The body field holding the native form.
+pub const NATIVE_FIELD: &str = "xyz_plot";
+
+/// Margins above this are clamped (A1111's slider stops at 500).
+const MAX_MARGIN: u64 = 500;
 
 fn parse_args(args: &[Value]) -> Args {
     let text = |i: usize| match args.get(i) {
@@ -201,7 +231,11 @@ fn parse_args(args: &[Value]) -> Args {
         Some(Value::Number(n)) => n.as_f64() != Some(0.0),
         _ => default,
     };
-    let axis = |i: usize, default: Value| (args.get(i).cloned().unwrap_or(default), text(i + 1), list(i + 2));
+    let axis = |i: usize, default: Value| AxisSpec {
+        ty: args.get(i).cloned().unwrap_or(default),
+        values: AxisValues::Positional { text: text(i + 1), dropdown: list(i + 2) },
+        loc: vec![json!("body"), json!("script_args")],
+    };
     Args {
         axes: [axis(0, json!(1)), axis(3, json!(0)), axis(6, json!(0))],
         draw_legend: flag(9, true),
@@ -209,9 +243,102 @@ fn parse_args(args: &[Value]) -> Args {
         include_sub_grids: flag(11, false),
         no_fixed_seeds: flag(12, false),
         vary: [flag(13, false), flag(14, false), flag(15, false)],
-        margin: args.get(16).and_then(Value::as_u64).unwrap_or(0).min(500) as u32,
+        margin: args.get(16).and_then(Value::as_u64).unwrap_or(0).min(MAX_MARGIN) as u32,
         csv_mode: flag(17, false),
     }
+}
+
+/// A 422 at `body.xyz_plot[.path]`.
+fn native_error(path: &[&str], msg: impl Into<String>) -> ApiError {
+    let mut loc = vec![json!("body"), json!(NATIVE_FIELD)];
+    loc.extend(path.iter().map(|p| json!(p)));
+    ApiError::Validation(compat::api::error::ValidationBody::new(loc, msg, "value_error"))
+}
+
+/// The native form: `{"x": {"type", "values"}, "y", "z", "draw_legend", …}` with the
+/// positional arguments' names. A missing or null axis is Nothing (unlike the positional form,
+/// whose X defaults to Seed); values are A1111's text syntax or a JSON list.
+fn parse_native(form: &Value) -> Result<Args, ApiError> {
+    let Value::Object(form) = form else {
+        return Err(native_error(&[], "must be an object with the axes `x`, `y`, `z` and the plot options"));
+    };
+    let flag = |key: &str, default: bool| match form.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(native_error(&[key], "must be true or false")),
+    };
+    let axis = |letter: &'static str| -> Result<AxisSpec, ApiError> {
+        let loc = vec![json!("body"), json!(NATIVE_FIELD), json!(letter)];
+        let nothing = AxisSpec {
+            ty: json!("Nothing"),
+            values: AxisValues::Positional { text: String::new(), dropdown: Vec::new() },
+            loc: loc.clone(),
+        };
+        let spec = match form.get(letter) {
+            None | Some(Value::Null) => return Ok(nothing),
+            Some(Value::Object(spec)) => spec,
+            Some(_) => {
+                return Err(native_error(&[letter], "an axis is an object: {\"type\": …, \"values\": …}"))
+            }
+        };
+        let ty = match spec.get("type") {
+            Some(t @ (Value::String(_) | Value::Number(_))) => t.clone(),
+            None | Some(Value::Null) => {
+                return Err(native_error(&[letter, "type"], "the axis type is missing"))
+            }
+            Some(_) => return Err(native_error(&[letter, "type"], "an axis label or index")),
+        };
+        let values = match spec.get("values") {
+            None | Some(Value::Null) => AxisValues::List(Vec::new()),
+            Some(Value::String(s)) => AxisValues::Positional { text: s.clone(), dropdown: Vec::new() },
+            Some(Value::Array(items)) => AxisValues::List(
+                items
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(s) => Ok(s.clone()),
+                        Value::Number(n) => Ok(n.to_string()),
+                        Value::Bool(b) => Ok(b.to_string()),
+                        _ => Err(native_error(&[letter, "values"], "list items are strings or numbers")),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Some(_) => {
+                return Err(native_error(&[letter, "values"], "A1111's value text or a list of values"))
+            }
+        };
+        Ok(AxisSpec { ty, values, loc })
+    };
+    let vary = match form.get("vary_seeds") {
+        None | Some(Value::Null) => [false; 3],
+        Some(Value::Object(v)) => {
+            let mut out = [false; 3];
+            for (slot, letter) in out.iter_mut().zip(["x", "y", "z"]) {
+                *slot = match v.get(letter) {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(native_error(&["vary_seeds", letter], "must be true or false")),
+                };
+            }
+            out
+        }
+        Some(_) => {
+            return Err(native_error(&["vary_seeds"], "an object: {\"x\": bool, \"y\": bool, \"z\": bool}"))
+        }
+    };
+    let margin = match form.get("margin_size") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v.as_u64().ok_or_else(|| native_error(&["margin_size"], "a whole number of pixels"))?,
+    };
+    Ok(Args {
+        axes: [axis("x")?, axis("y")?, axis("z")?],
+        draw_legend: flag("draw_legend", true)?,
+        include_lone_images: flag("include_lone_images", false)?,
+        include_sub_grids: flag("include_sub_grids", false)?,
+        no_fixed_seeds: flag("no_fixed_seeds", false)?,
+        vary,
+        margin: margin.min(MAX_MARGIN) as u32,
+        csv_mode: flag("csv_mode", false)?,
+    })
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -265,7 +392,7 @@ fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
     s.replace(' ', "").parse().ok()
 }
 
-fn int_values(fields: &[String]) -> Result<Vec<i64>, ApiError> {
+fn int_values(fields: &[String]) -> Result<Vec<i64>, String> {
     let step = range_pattern(r"\d+", r"\(([+-]\d+)\s*\)");
     let count = range_pattern(r"\d+", r"\[(\d+)\s*\]");
     let mut out = Vec::new();
@@ -274,7 +401,7 @@ fn int_values(fields: &[String]) -> Result<Vec<i64>, ApiError> {
             let (a, b): (i64, i64) = (num(&c[1]).unwrap_or(0), num(&c[2]).unwrap_or(0));
             let s: i64 = c.get(3).and_then(|m| num(m.as_str())).unwrap_or(1);
             if s == 0 {
-                return Err(bad(format!("`{f}`: the step cannot be 0")));
+                return Err(format!("`{f}`: the step cannot be 0"));
             }
             // Python's range(a, b + 1, s).
             let mut x = a;
@@ -287,7 +414,7 @@ fn int_values(fields: &[String]) -> Result<Vec<i64>, ApiError> {
             let n: usize = num(&c[3]).unwrap_or(0);
             out.extend(linspace(a as f64, b as f64, n).into_iter().map(|x| x as i64));
         } else {
-            out.push(num(f).ok_or_else(|| bad(format!("`{f}` is not an integer")))?);
+            out.push(num(f).ok_or_else(|| format!("`{f}` is not an integer"))?);
         }
     }
     Ok(out)
@@ -301,7 +428,7 @@ fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
     }
 }
 
-fn float_values(fields: &[String]) -> Result<Vec<f64>, ApiError> {
+fn float_values(fields: &[String]) -> Result<Vec<f64>, String> {
     let number = r"\d+(?:\.\d*)?";
     let step = range_pattern(number, &format!(r"\(([+-]{number})\s*\)"));
     let count = range_pattern(number, r"\[(\d+(?:\.\d*)?)\s*\]");
@@ -311,7 +438,7 @@ fn float_values(fields: &[String]) -> Result<Vec<f64>, ApiError> {
             let (a, b): (f64, f64) = (num(&c[1]).unwrap_or(0.0), num(&c[2]).unwrap_or(0.0));
             let s: f64 = c.get(3).and_then(|m| num(m.as_str())).unwrap_or(1.0);
             if s == 0.0 {
-                return Err(bad(format!("`{f}`: the step cannot be 0")));
+                return Err(format!("`{f}`: the step cannot be 0"));
             }
             // numpy.arange(a, b + s, s): floating error can add a value, as upstream.
             let stop = b + s;
@@ -322,7 +449,7 @@ fn float_values(fields: &[String]) -> Result<Vec<f64>, ApiError> {
             let n: f64 = num(&c[3]).unwrap_or(0.0);
             out.extend(linspace(a, b, n as usize));
         } else {
-            out.push(num(f).ok_or_else(|| bad(format!("`{f}` is not a number")))?);
+            out.push(num(f).ok_or_else(|| format!("`{f}` is not a number"))?);
         }
     }
     Ok(out)
@@ -346,7 +473,7 @@ fn permutations(items: &[String]) -> Vec<Vec<String>> {
 
 fn resolve_axis(
     index: usize,
-    spec: &(Value, String, Vec<String>),
+    spec: &AxisSpec,
     args: &Args,
     mode: GenerationMode,
     state: &AppState,
@@ -354,38 +481,45 @@ fn resolve_axis(
 ) -> Result<Axis, ApiError> {
     let list = axes(mode);
     let letter = ["X", "Y", "Z"][index];
-    let found = match &spec.0 {
+    let fail = |msg: String| {
+        ApiError::Validation(compat::api::error::ValidationBody::new(spec.loc.clone(), msg, "value_error"))
+    };
+    let found = match &spec.ty {
         Value::Number(n) => n.as_u64().and_then(|i| list.get(i as usize)),
-        Value::String(s) => match s.parse::<usize>() {
+        Value::String(s) => match s.trim().parse::<usize>() {
             Ok(i) => list.get(i),
             Err(_) => list.iter().find(|(label, _)| label.eq_ignore_ascii_case(s.trim())),
         },
         Value::Null => list.first(),
         _ => None,
     };
-    let &(label, kind) = found.ok_or_else(|| bad(format!("{letter} type {}: no such axis", spec.0)))?;
+    let &(label, kind) = found.ok_or_else(|| fail(format!("{letter} type {}: no such axis", spec.ty)))?;
     if kind == Unsupported {
         return Err(crate::engine::job::JobError::Unsupported(format!(
-            "X/Y/Z plot: the {label} axis is not supported"
+            "X/Y/Z plot: the {label} axis ({letter}) is not supported"
         ))
         .into());
     }
     let has_choices =
         matches!(kind, Sampler(_) | Scheduler | Checkpoint | Vae | BoolOption(_) | Text("randn_source"));
-    let fields: Vec<String> = if has_choices && !args.csv_mode && !spec.2.is_empty() {
-        spec.2.clone()
-    } else {
-        csv_fields(&spec.1)
+    let (fields, text): (Vec<String>, String) = match &spec.values {
+        AxisValues::List(items) => (items.clone(), items.join(", ")),
+        AxisValues::Positional { dropdown, .. } if has_choices && !args.csv_mode && !dropdown.is_empty() => {
+            (dropdown.clone(), dropdown.join(", "))
+        }
+        AxisValues::Positional { text, .. } => (csv_fields(text), text.clone()),
     };
-    let text =
-        if has_choices && !args.csv_mode && !spec.2.is_empty() { spec.2.join(", ") } else { spec.1.clone() };
+    // Every value error names the axis, whichever form it came in.
+    let fail = |msg: String| fail(format!("{letter} axis ({label}): {msg}"));
     let snapshot = state.catalog.snapshot();
     let values: Vec<Val> = match kind {
         Nothing => vec![Val::Text(String::new())],
-        Int(_) | IntOption(_) => int_values(&fields)?.into_iter().map(Val::Int).collect(),
-        Float(_) | FloatOption(_) => float_values(&fields)?.into_iter().map(Val::Float).collect(),
+        Int(_) | IntOption(_) => int_values(&fields).map_err(fail)?.into_iter().map(Val::Int).collect(),
+        Float(_) | FloatOption(_) => {
+            float_values(&fields).map_err(fail)?.into_iter().map(Val::Float).collect()
+        }
         Seed(_) => {
-            let mut seeds = int_values(&fields)?;
+            let mut seeds = int_values(&fields).map_err(fail)?;
             if seeds.is_empty() {
                 seeds.push(-1);
             }
@@ -400,15 +534,15 @@ fn resolve_axis(
             .map(|f| match f.to_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => Ok(Val::Int(1)),
                 "false" | "0" | "no" | "off" => Ok(Val::Int(0)),
-                _ => Err(bad(format!("{label}: `{f}` is not true or false"))),
+                _ => Err(fail(format!("`{f}` is not true or false"))),
             })
             .collect::<Result<_, _>>()?,
         PromptSr => {
             let prompt = request.get("prompt").and_then(Value::as_str).unwrap_or("");
             let negative = request.get("negative_prompt").and_then(Value::as_str).unwrap_or("");
-            let term = fields.first().ok_or_else(|| bad("Prompt S/R needs at least one value"))?;
+            let term = fields.first().ok_or_else(|| fail("Prompt S/R needs at least one value".into()))?;
             if !prompt.contains(term.as_str()) && !negative.contains(term.as_str()) {
-                return Err(bad(format!("Prompt S/R did not find {term} in prompt or negative prompt.")));
+                return Err(fail(format!("Prompt S/R did not find {term} in prompt or negative prompt.")));
             }
             fields.iter().cloned().map(Val::Text).collect()
         }
@@ -416,27 +550,33 @@ fn resolve_axis(
             let prompt = request.get("prompt").and_then(Value::as_str).unwrap_or("");
             for f in &fields {
                 if !prompt.contains(f.as_str()) {
-                    return Err(bad(format!("Prompt order: `{f}` is not in the prompt")));
+                    return Err(fail(format!("`{f}` is not in the prompt")));
                 }
             }
             permutations(&fields).into_iter().map(Val::Order).collect()
         }
         Sampler(_) => fields
             .iter()
-            .map(|f| sampler_by_name(f).map(|s| Val::Text(s.name.to_string())))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad(format!("{label}: unknown sampler in {fields:?}")))?,
+            .map(|f| {
+                sampler_by_name(f)
+                    .map(|s| Val::Text(s.name.to_string()))
+                    .ok_or_else(|| fail(format!("unknown sampler `{f}`")))
+            })
+            .collect::<Result<_, _>>()?,
         Scheduler => fields
             .iter()
-            .map(|f| scheduler_by_name_or_label(f).map(|s| Val::Text(s.label.to_string())))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad(format!("{label}: unknown schedule type in {fields:?}")))?,
+            .map(|f| {
+                scheduler_by_name_or_label(f)
+                    .map(|s| Val::Text(s.label.to_string()))
+                    .ok_or_else(|| fail(format!("unknown schedule type `{f}`")))
+            })
+            .collect::<Result<_, _>>()?,
         Checkpoint => fields
             .iter()
             .map(|f| {
                 find_checkpoint_loosely(&snapshot, f)
                     .map(|e| Val::Text(e.title()))
-                    .ok_or_else(|| bad(format!("Checkpoint {f} for {letter} axis not found")))
+                    .ok_or_else(|| fail(format!("Checkpoint {f} for {letter} axis not found")))
             })
             .collect::<Result<_, _>>()?,
         Vae => fields
@@ -444,25 +584,22 @@ fn resolve_axis(
             .map(|f| {
                 let known = matches!(f.as_str(), "Automatic" | "None")
                     || snapshot.vaes.iter().any(|v| v.model_name == *f);
-                known.then(|| Val::Text(f.clone())).ok_or_else(|| bad(format!("VAE {f} not found")))
+                known.then(|| Val::Text(f.clone())).ok_or_else(|| fail(format!("VAE {f} not found")))
             })
             .collect::<Result<_, _>>()?,
         Text(_) => fields.iter().cloned().map(Val::Text).collect(),
         Size => fields
             .iter()
             .map(|f| {
-                let (w, h) =
-                    f.split_once(['x', 'X']).ok_or_else(|| bad(format!("Size `{f}`: expected WxH")))?;
-                Ok(Val::Size(
-                    w.trim().parse().map_err(|_| bad(format!("Size `{f}`: expected WxH")))?,
-                    h.trim().parse().map_err(|_| bad(format!("Size `{f}`: expected WxH")))?,
-                ))
+                let wrong = || fail(format!("Size `{f}`: expected WxH"));
+                let (w, h) = f.split_once(['x', 'X']).ok_or_else(wrong)?;
+                Ok(Val::Size(w.trim().parse().map_err(|_| wrong())?, h.trim().parse().map_err(|_| wrong())?))
             })
             .collect::<Result<_, ApiError>>()?,
         Unsupported => unreachable!("refused above"),
     };
     if values.is_empty() {
-        return Err(bad(format!("the {letter} axis ({label}) has no values")));
+        return Err(fail("no values".into()));
     }
     Ok(Axis { label, kind, values, text })
 }
@@ -542,21 +679,70 @@ fn reorder(prompt: &str, order: &[String]) -> String {
     out
 }
 
+/// The axes in loop order, outermost first, by A1111's rule (§4.5): an axis whose switch
+/// cost is strictly the highest is the outer loop and the dearer of the other two the middle one
+/// (ties: the later letter); with no strict maximum Z is outermost and X changes fastest.
+fn loop_order(cost: [f64; 3]) -> [usize; 3] {
+    let (x, y, z) = (cost[0], cost[1], cost[2]);
+    let (first, second) = if x > y && x > z {
+        (0, if y > z { 1 } else { 2 })
+    } else if y > x && y > z {
+        (1, if x > z { 0 } else { 2 })
+    } else if z > x && z > y {
+        (2, if x > y { 0 } else { 1 })
+    } else {
+        (2, 1)
+    };
+    [first, second, 3 - first - second]
+}
+
+/// What one cell came to.
+enum Outcome {
+    Done(Box<Answer>),
+    /// The cell's job failed while running; the grid shows a blank image in its place.
+    Failed {
+        prompt: String,
+        negative_prompt: String,
+        seed: i64,
+    },
+}
+
+/// Runs the plot given as `script_name: "x/y/z plot"` with positional `script_args`, or as the
+/// native [`NATIVE_FIELD`] object; both become the same [`Args`].
 pub async fn run(
     state: web::Data<AppState>,
     request: Map<String, Value>,
     mode: GenerationMode,
 ) -> Result<HttpResponse, ApiError> {
-    let raw_args = request.get("script_args").and_then(Value::as_array).cloned().unwrap_or_default();
-    // A1111 would fill in the UI defaults (one Seed cell at the request's size), which is never
-    // what an API client that forgot its arguments wants.
-    if raw_args.is_empty() {
-        return Err(bad("the X/Y/Z plot needs `script_args` (axis types and values)"));
-    }
-    let args = parse_args(&raw_args);
+    let is_script = request
+        .get("script_name")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.eq_ignore_ascii_case(SCRIPT_NAME));
+    let native = request.get(NATIVE_FIELD).filter(|v| !v.is_null());
+    let args = match native {
+        Some(_) if is_script => {
+            return Err(native_error(
+                &[],
+                "give the plot either as `xyz_plot` or as `script_name`/`script_args`, not both",
+            ))
+        }
+        Some(form) => parse_native(form)?,
+        None => {
+            let raw_args = request.get("script_args").and_then(Value::as_array).cloned().unwrap_or_default();
+            // A1111 would fill in the UI defaults (one Seed cell at the request's size), which is
+            // never what an API client that forgot its arguments wants.
+            if raw_args.is_empty() {
+                return Err(bad("the X/Y/Z plot needs `script_args` (axis types and values)"));
+            }
+            parse_args(&raw_args)
+        }
+    };
     let mut base = request.clone();
-    base.remove("script_name");
-    base.remove("script_args");
+    base.remove(NATIVE_FIELD);
+    if is_script {
+        base.remove("script_name");
+        base.remove("script_args");
+    }
     let prompt = base.get("prompt").and_then(Value::as_str).unwrap_or("").to_string();
     let axes = args
         .axes
@@ -575,11 +761,9 @@ pub async fn run(
         base.insert("seed".into(), json!(resolve_seed(seed)));
     }
 
-    // The most expensive axis is the outer loop (ties: Z before Y before X), so a checkpoint
-    // axis loads each checkpoint once.
-    let mut loop_order = [0usize, 1, 2];
-    loop_order.sort_by(|&a, &b| axes[b].cost().total_cmp(&axes[a].cost()).then(b.cmp(&a)));
-    let mut cells: Vec<Option<Answer>> = (0..total).map(|_| None).collect();
+    let loop_order = loop_order([axes[0].cost(), axes[1].cost(), axes[2].cost()]);
+    let mut cells: Vec<Option<Outcome>> = (0..total).map(|_| None).collect();
+    let mut first_failure = None;
     let mut index = [0usize; 3];
     for n in 0..total {
         // Decompose n with the last axis of `loop_order` changing fastest.
@@ -607,14 +791,32 @@ pub async fn run(
             Some(r) => r,
             None => generate_plain(&state, &cell, mode).await,
         };
-        if response.status() != StatusCode::OK {
-            return Ok(response);
-        }
         let at = index[0] + index[1] * dims[0] + index[2] * dims[0] * dims[1];
-        cells[at] = Some(read_answer(response).await?);
+        let status = response.status();
+        cells[at] = Some(if status == StatusCode::OK {
+            Outcome::Done(Box::new(read_answer(response).await?))
+        } else if status == StatusCode::INTERNAL_SERVER_ERROR {
+            // A job that failed while running (a checkpoint that does not load, say) costs its
+            // cell, not the plot, as in A1111. Anything else (a request the route refuses, an
+            // unsupported feature, a full queue) fails the whole plot.
+            tracing::warn!(cell = at, status = %status, "an X/Y/Z plot cell failed; it stays blank");
+            first_failure.get_or_insert(response);
+            let text = |k: &str| cell.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            Outcome::Failed {
+                prompt: text("prompt"),
+                negative_prompt: text("negative_prompt"),
+                seed: cell.get("seed").and_then(Value::as_i64).unwrap_or(-1),
+            }
+        } else {
+            return Ok(response);
+        });
     }
-    let cells: Vec<Answer> = cells.into_iter().map(|c| c.expect("every cell ran")).collect();
-    let (response, grid) = assemble(cells, &axes, dims, &args, &request)?;
+    let cells: Vec<Outcome> = cells.into_iter().map(|c| c.expect("every cell ran")).collect();
+    if !cells.iter().any(|c| matches!(c, Outcome::Done(_))) {
+        // Nothing to draw: the first failure answers for the plot.
+        return Ok(first_failure.expect("a plot without a finished cell has a failed one"));
+    }
+    let (response, grid) = assemble(cells, &axes, dims, &args, &request, &base)?;
     if let Some(save) = GridSave::for_request(&state, &request, mode) {
         let state2 = state.clone();
         crate::routes::blocking(move || save.write(&grid, &state2.save_lock)).await?;
@@ -690,14 +892,37 @@ fn decode_first(answer: &Answer) -> Result<RgbImage, ApiError> {
     Ok(RgbImage { width: img.width(), height: img.height(), rgb: img.into_raw() })
 }
 
+/// A black image (PIL's `Image.new` default, which A1111 uses for a failed cell).
+fn blank(width: u32, height: u32) -> RgbImage {
+    RgbImage { width, height, rgb: vec![0; width as usize * height as usize * 3] }
+}
+
 fn assemble(
-    cells: Vec<Answer>,
+    cells: Vec<Outcome>,
     axes: &[Axis],
     dims: [usize; 3],
     args: &Args,
     request: &Map<String, Value>,
+    base: &Map<String, Value>,
 ) -> Result<(HttpResponse, Grid), ApiError> {
-    let pictures = cells.iter().map(decode_first).collect::<Result<Vec<_>, _>>()?;
+    let mut pictures: Vec<Option<RgbImage>> = cells
+        .iter()
+        .map(|c| match c {
+            Outcome::Done(answer) => decode_first(answer).map(Some),
+            Outcome::Failed { .. } => Ok(None),
+        })
+        .collect::<Result<_, _>>()?;
+    // A failed cell takes the first cell's size, or the request's when that one failed too.
+    let (blank_w, blank_h) = match &pictures[0] {
+        Some(p) => (p.width, p.height),
+        None => {
+            let side = |k: &str| base.get(k).and_then(Value::as_u64).unwrap_or(512).clamp(1, 8192) as u32;
+            (side("width"), side("height"))
+        }
+    };
+    let mut blank_png = None;
+    let pictures: Vec<RgbImage> =
+        pictures.iter_mut().map(|p| p.take().unwrap_or_else(|| blank(blank_w, blank_h))).collect();
     let labels = |a: usize| -> Vec<String> { axes[a].values.iter().map(|v| axes[a].cell_label(v)).collect() };
     let (xl, yl, zl) = (labels(0), labels(1), labels(2));
     let cell_w = pictures.iter().map(|p| p.width).max().unwrap_or(1);
@@ -731,30 +956,39 @@ fn assemble(
         grid::draw(&subgrids, dims[2], w, h, args.draw_legend.then_some((&zl[..], &none[..])), args.margin)
     };
 
-    let mut first = cells.into_iter();
-    let mut merged = first.next().expect("at least one cell");
-    let mut cell_infotexts = vec![merged.info.infotexts.first().cloned().unwrap_or_default()];
-    let mut cell_images = vec![merged.images().into_iter().next().unwrap_or_default()];
-    let per_cell = |info: &compat::api::GenerationInfo| {
-        (
-            info.all_prompts.first().cloned().unwrap_or_default(),
-            info.all_negative_prompts.first().cloned().unwrap_or_default(),
-            info.all_seeds.first().copied().unwrap_or(-1),
-            info.all_subseeds.first().copied().unwrap_or(-1),
-        )
-    };
-    let (p, n, s, ss) = per_cell(&merged.info);
-    let (mut prompts, mut negatives, mut seeds, mut subseeds) = (vec![p], vec![n], vec![s], vec![ss]);
-    for c in first {
-        let (p, n, s, ss) = per_cell(&c.info);
-        prompts.push(p);
-        negatives.push(n);
-        seeds.push(s);
-        subseeds.push(ss);
-        cell_infotexts.push(c.info.infotexts.first().cloned().unwrap_or_default());
-        cell_images.push(c.images().into_iter().next().unwrap_or_default());
+    let (mut prompts, mut negatives, mut seeds, mut subseeds) = (vec![], vec![], vec![], vec![]);
+    let (mut cell_infotexts, mut cell_images) = (vec![], vec![]);
+    // The first finished cell carries the answer's other fields, as A1111's first processed one.
+    let mut merged: Option<Answer> = None;
+    for c in cells {
+        match c {
+            Outcome::Done(answer) => {
+                let info = &answer.info;
+                prompts.push(info.all_prompts.first().cloned().unwrap_or_default());
+                negatives.push(info.all_negative_prompts.first().cloned().unwrap_or_default());
+                seeds.push(info.all_seeds.first().copied().unwrap_or(-1));
+                subseeds.push(info.all_subseeds.first().copied().unwrap_or(-1));
+                cell_infotexts.push(info.infotexts.first().cloned().unwrap_or_default());
+                cell_images.push(answer.images().into_iter().next().unwrap_or_default());
+                merged.get_or_insert(*answer);
+            }
+            Outcome::Failed { prompt, negative_prompt, seed } => {
+                prompts.push(prompt);
+                negatives.push(negative_prompt);
+                seeds.push(seed);
+                subseeds.push(-1);
+                cell_infotexts.push(String::new());
+                if blank_png.is_none() {
+                    let png = images::encode_png(&blank(blank_w, blank_h), &[])
+                        .map_err(|e| ApiError::Runtime(e.to_string()))?;
+                    blank_png = Some(images::encode_base64(&png));
+                }
+                cell_images.push(blank_png.clone().unwrap_or_default());
+            }
+        }
     }
-    let mut grid_info = cell_infotexts[0].clone();
+    let mut merged = merged.ok_or_else(|| ApiError::Runtime("no X/Y/Z plot cell finished".into()))?;
+    let mut grid_info = merged.info.infotexts.first().cloned().unwrap_or_default();
     grid_info.push_str(", Script: X/Y/Z plot");
     for (axis, letter) in axes.iter().zip(["X", "Y", "Z"]) {
         if axis.kind != Nothing {
@@ -954,6 +1188,43 @@ mod tests {
         assert_eq!(f("0.1-0.3 (+0.1)"), [0.1, 0.2, 0.30000000000000004, 0.4]);
         assert_eq!(f("1.5-2.5"), [1.5, 2.5]);
         assert_eq!(f("1-2 [3]"), [1.0, 1.5, 2.0]);
+    }
+
+    #[test]
+    fn loop_order_dearest_axis_outermost_ties_keep_z_outer() {
+        assert_eq!(loop_order([0.0, 0.0, 0.0]), [2, 1, 0]);
+        assert_eq!(loop_order([1.0, 0.0, 0.0]), [0, 2, 1]);
+        assert_eq!(loop_order([1.0, 0.7, 0.0]), [0, 1, 2]);
+        assert_eq!(loop_order([0.0, 1.0, 0.0]), [1, 2, 0]);
+        assert_eq!(loop_order([0.7, 1.0, 0.0]), [1, 0, 2]);
+        assert_eq!(loop_order([0.0, 0.7, 1.0]), [2, 1, 0]);
+        assert_eq!(loop_order([0.7, 0.0, 1.0]), [2, 0, 1]);
+        // No strict maximum: A1111 keeps its default order even if X and Y are both dear.
+        assert_eq!(loop_order([1.0, 1.0, 0.0]), [2, 1, 0]);
+    }
+
+    #[test]
+    fn parse_native_fills_defaults_and_names_bad_fields() {
+        let args = parse_native(&json!({"x": {"type": "Steps", "values": "1-3"},
+            "y": {"type": 9, "values": ["Euler", 2]}, "vary_seeds": {"y": true}, "margin_size": 4}))
+        .unwrap();
+        assert!(matches!(&args.axes[0].values, AxisValues::Positional { text, .. } if text == "1-3"));
+        assert!(matches!(&args.axes[1].values, AxisValues::List(l) if l == &["Euler", "2"]));
+        assert_eq!(args.axes[2].ty, json!("Nothing"));
+        assert_eq!(args.vary, [false, true, false]);
+        assert_eq!(args.margin, 4);
+        assert!(args.draw_legend && !args.include_lone_images && !args.csv_mode);
+        let err = |v: Value| match parse_native(&v) {
+            Err(ApiError::Validation(b)) => b.detail[0].loc.clone(),
+            _ => panic!("{v} should be refused"),
+        };
+        assert_eq!(
+            err(json!({"y": {"values": "1"}})),
+            [json!("body"), json!("xyz_plot"), json!("y"), json!("type")]
+        );
+        assert_eq!(err(json!({"z": {"type": "Steps", "values": [{}]}}))[3], json!("values"));
+        assert_eq!(err(json!({"draw_legend": "yes"}))[2], json!("draw_legend"));
+        assert_eq!(err(json!([1])).len(), 2);
     }
 
     #[test]
