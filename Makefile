@@ -3,7 +3,7 @@
 #   make test   run the whole test suite (CPU)
 ARGS ?=
 
-.PHONY: run test build bootstrap lint bench bench-daemon reference
+.PHONY: run test build bootstrap lint bench bench-daemon bench-train reference
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -39,3 +39,13 @@ bench:
 bench-daemon: bootstrap
 	cargo build --release -p daemon --example bench_daemon
 	target/release/examples/bench_daemon --cache-dir target/bench-daemon $(ARGS)
+
+# Seconds per LoRA training step of TrainSession against a PyTorch loop (diffusers + peft) on the
+# same weights, in the same run: on CPU the tiny fixture (64 px, batch 3) and full-size SD1.5
+# (256 px, batch 1); ARGS="--device cuda" runs SD1.5 at 512 and 768 px, batch 3, with the
+# peak CUDA memory (allocated) of both. The generated SD1.5 folder is kept in target/bench-train.
+bench-train:
+	@scripts/bootstrap.sh --reference
+	.venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r reference/requirements-training.txt
+	cargo build --release -p models --example bench_train
+	.venv/bin/python reference/bench_train.py --ours target/release/examples/bench_train $(ARGS)

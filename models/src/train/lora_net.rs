@@ -263,8 +263,19 @@ impl LoraNetwork {
         let multiplier = self.config.multiplier;
         self.injected.store(true, Ordering::SeqCst);
         for m in &self.modules {
-            let effective =
-                (m.original.to_kind(Kind::Float) + m.delta(multiplier)).to_kind(m.original.kind());
+            // One fused `W₀ + (s·up)·down` with the scale on the small `[out, r]` factor: the
+            // full-size weight is written once, and backward has no full-size multiply or add (on
+            // CPU, SD1.5 shapes at rank 128, this takes about half the time of a separate
+            // `up · down`, scale and add).
+            let shape = m.original.size();
+            let scaled_up = m.up.flatten(1, -1) * (m.scale() * multiplier);
+            let effective = m
+                .original
+                .to_kind(Kind::Float)
+                .reshape([shape[0], -1])
+                .addmm(&scaled_up, &m.down.flatten(1, -1))
+                .reshape(shape.as_slice())
+                .to_kind(m.original.kind());
             let mut t = m.target.shallow_clone();
             // Drops the previous step's graph (and its requires_grad) from the shared tensor.
             let _ = t.detach_();

@@ -320,9 +320,11 @@ impl TrainSession {
         sd.apply_loras(&[])?;
         let batch = self.draw_batch()?;
         let loss = tch::with_grad(|| self.forward_loss(sd, &batch));
-        let value = loss.double_value(&[]);
         self.optimizer.zero_grad();
         loss.backward();
+        // Read only now: reading the value waits for the device, and doing so before backward
+        // would stall it between the forward and backward passes.
+        let value = loss.double_value(&[]);
         // The targets hold this step's graph until restored; restoring frees activations early.
         self.network.restore();
         if !value.is_finite() {
