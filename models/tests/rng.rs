@@ -357,6 +357,8 @@ fn cuda_generator_availability_follows_libtorch() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_generator_matches_default_cuda_generator_after_manual_seed() {
+    // The CUDA backend is loaded on demand (nothing links it); the daemon does this at start-up.
+    models::device::load_cuda_backend();
     assert!(tch::Cuda::is_available(), "no CUDA device");
     let cuda = Device::Cuda(0);
     for seed in [0u64, 42, (1 << 32) + 5] {
