@@ -206,7 +206,7 @@ fn forever_job_with_the_xyz_plot_saves_its_grids_with_infotext() {
     let first = &grids[0];
     let text = daemon::images::png_text_chunks(&std::fs::read(first).unwrap()).unwrap();
     let (_, infotext) = text.iter().find(|(k, _)| k == "parameters").expect("a parameters chunk");
-    assert!(infotext.contains("Script: X/Y/Z plot, X Type: Steps, X Values: \"2-3\""), "{infotext}");
+    assert!(infotext.contains("Script: X/Y/Z plot, X Type: Steps, X Values: 2-3"), "{infotext}");
     let name = first.file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(name, format!("00000-{}.png", seed_of(infotext)), "numbered and named by the seed");
     // The cells are saved as ordinary images too, both with the plot's seed.

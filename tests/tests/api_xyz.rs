@@ -83,8 +83,24 @@ fn xyz_plot_steps_by_sampler_cells_equal_direct_requests() {
     }
     let info: Value = serde_json::from_str(a.json["info"].as_str().unwrap()).unwrap();
     let grid_text = info["infotexts"][0].as_str().unwrap();
-    assert!(grid_text.contains("Script: X/Y/Z plot, X Type: Steps, X Values: \"2-3\""), "{grid_text}");
+    // A1111 quotes a value only when it holds a comma, colon or newline, and the plot's keys stand
+    // before `Version`.
+    let keys = "Script: X/Y/Z plot, X Type: Steps, X Values: 2-3, Y Type: Sampler, \
+        Y Values: \"Euler, Euler a\", Z Type: Prompt S/R, Z Values: \"red, blue\", Version: ";
+    assert!(grid_text.contains(keys), "{grid_text}");
     assert_eq!(info["all_seeds"], json!([5, 5, 5, 5, 5, 5, 5, 5]));
+
+    // A seed axis records the seeds it drew as `Fixed X Values`.
+    let mut seeds = base.clone();
+    seeds["script_name"] = json!("X/Y/Z plot");
+    seeds["script_args"] = json!(["Seed", "-1, 7", [], "Nothing", "", [], "Nothing", "", []]);
+    let s = d.post("/sdapi/v1/txt2img", &seeds).unwrap();
+    assert_eq!(s.status, 200, "{}", s.text);
+    let info: Value = serde_json::from_str(s.json["info"].as_str().unwrap()).unwrap();
+    let drawn = info["all_seeds"][0].as_i64().unwrap();
+    assert_ne!(drawn, -1);
+    let expected = format!("X Type: Seed, X Values: \"-1, 7\", Fixed X Values: \"{drawn}, 7\", Version: ");
+    assert!(info["infotexts"][0].as_str().unwrap().contains(&expected), "{}", info["infotexts"][0]);
 
     // Include Sub Grids without Sub Images: the grid, then one X×Y grid per Z value, each equal to
     // the grid of the same plot restricted to that Z value.

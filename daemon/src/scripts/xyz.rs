@@ -13,6 +13,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use compat::infotext::quote;
 use compat::samplers::{sampler_by_name, scheduler_by_name_or_label};
 use serde_json::{json, Map, Value};
 
@@ -989,12 +990,26 @@ fn assemble(
     }
     let mut merged = merged.ok_or_else(|| ApiError::Runtime("no X/Y/Z plot cell finished".into()))?;
     let mut grid_info = merged.info.infotexts.first().cloned().unwrap_or_default();
-    grid_info.push_str(", Script: X/Y/Z plot");
+    // A1111 adds these to the first cell's extra parameters, so they stand before `Version`, each
+    // value quoted only when it holds a comma, colon or newline.
+    let mut plot_keys = String::from(", Script: X/Y/Z plot");
     for (axis, letter) in axes.iter().zip(["X", "Y", "Z"]) {
         if axis.kind != Nothing {
-            let quoted = axis.text.replace('"', "\\\"");
-            grid_info.push_str(&format!(", {letter} Type: {}, {letter} Values: \"{quoted}\"", axis.label));
+            let (label, values) = (quote(axis.label), quote(&axis.text));
+            plot_keys.push_str(&format!(", {letter} Type: {label}, {letter} Values: {values}"));
+            if matches!(axis.kind, Seed(_)) && !args.no_fixed_seeds {
+                let fixed: Vec<String> = axis
+                    .values
+                    .iter()
+                    .map(|v| if let Val::Int(seed) = v { seed.to_string() } else { axis.cell_label(v) })
+                    .collect();
+                plot_keys.push_str(&format!(", Fixed {letter} Values: {}", quote(&fixed.join(", "))));
+            }
         }
+    }
+    match grid_info.rfind(", Version: ") {
+        Some(at) => grid_info.insert_str(at, &plot_keys),
+        None => grid_info.push_str(&plot_keys),
     }
     let grid = RgbImage { width: grid.width(), height: grid.height(), rgb: grid.into_raw() };
     let png = images::encode_png(&grid, &[("parameters", grid_info.as_str())])
