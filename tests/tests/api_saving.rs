@@ -52,6 +52,14 @@ fn saving_jpeg_uses_the_filename_pattern_and_exif_user_comment() {
     };
     assert_eq!(pillow(&path), infotext);
 
+    // png-info reads it back from the JPEG, as A1111 does.
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes);
+    let read = d.post("/sdapi/v1/png-info", &json!({"image": encoded})).unwrap();
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.json["info"], infotext.as_str());
+    assert_eq!(read.json["items"]["exif comment"], infotext.as_str());
+    assert_eq!(read.json["parameters"]["Seed"], "77", "{}", read.json["parameters"]);
+
     // WebP (lossless) carries it in its EXIF chunk.
     let set = d.post("/sdapi/v1/options", &json!({"samples_format": "webp"})).unwrap();
     assert_eq!(set.status, 200, "{}", set.text);

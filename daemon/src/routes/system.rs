@@ -162,12 +162,18 @@ pub async fn png_info(state: web::Data<AppState>, body: web::Bytes) -> Result<Ht
     };
     let response = blocking(move || {
         let bytes = images::decode_base64(&image).map_err(invalid_image)?;
-        // Other formats keep their infotext in EXIF, which is not read here.
+        // JPEG and WebP keep their infotext in EXIF's UserComment; A1111 lists it as
+        // `exif comment` among the items.
         let chunks = match images::png_text_chunks(&bytes) {
             Some(chunks) => chunks,
             None => {
                 image::guess_format(&bytes).map_err(|_| invalid_image(images::ImageError::Invalid))?;
-                Vec::new()
+                match images::read_user_comment(&bytes) {
+                    Some(text) => {
+                        vec![("exif comment".to_string(), text.clone()), ("parameters".into(), text)]
+                    }
+                    None => Vec::new(),
+                }
             }
         };
         let mut response = PngInfoResponse::default();
