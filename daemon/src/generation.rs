@@ -11,7 +11,7 @@ use compat::prompt::{
 use compat::samplers::resolve;
 use models::checkpoint::StableDiffusion;
 use models::clip::tokenizer::ClipTokenizer;
-use models::conditioning::{chunk_text, encode_texts, Embedding, EmbeddingDb, EmphasisMode};
+use models::conditioning::{chunk_text, encode_texts, ChunkedText, Embedding, EmbeddingDb, EmphasisMode};
 use models::lora::{find_network, shorthash, LoraSpec};
 use models::pipeline::{BatchParams, CondSchedule, ImageConds, RgbImage, StepHook};
 use models::upscale_latent::LatentUpscale;
@@ -176,10 +176,10 @@ impl TextEncoders {
         Ok(TextEncoders { tokenizer, embeddings, ti_hashes })
     }
 
-    /// The embeddings one encoder call over `schedule`'s texts uses, in the order A1111's
-    /// `used_embeddings` dict collects them: chunk by chunk, text by text within a chunk.
-    fn embeddings_used(&self, schedule: &[ScheduleEntry], spec: &Txt2ImgSpec) -> Vec<String> {
-        let chunked: Vec<_> = schedule
+    /// Each text of `schedule` split into 75-token chunks with its attention weights (none parsed
+    /// when emphasis is None), as the encoder and the infotext's `TI hashes` both see it.
+    fn chunk_schedule(&self, schedule: &[ScheduleEntry], spec: &Txt2ImgSpec) -> Vec<ChunkedText> {
+        schedule
             .iter()
             .map(|entry| {
                 let segments = if spec.emphasis == EmphasisMode::None {
@@ -189,7 +189,13 @@ impl TextEncoders {
                 };
                 chunk_text(&self.tokenizer, &segments, &self.embeddings, spec.comma_padding_backtrack)
             })
-            .collect();
+            .collect()
+    }
+
+    /// The embeddings one encoder call over `schedule`'s texts uses, in the order A1111's
+    /// `used_embeddings` dict collects them: chunk by chunk, text by text within a chunk.
+    fn embeddings_used(&self, schedule: &[ScheduleEntry], spec: &Txt2ImgSpec) -> Vec<String> {
+        let chunked = self.chunk_schedule(schedule, spec);
         let most = chunked.iter().map(|c| c.chunks.len()).max().unwrap_or(0);
         let mut names: Vec<String> = Vec::new();
         for i in 0..most {
@@ -211,17 +217,7 @@ impl TextEncoders {
         schedule: &[ScheduleEntry],
         spec: &Txt2ImgSpec,
     ) -> CondSchedule {
-        let chunked: Vec<_> = schedule
-            .iter()
-            .map(|entry| {
-                let segments = if spec.emphasis == EmphasisMode::None {
-                    vec![(entry.text.clone(), 1.0)]
-                } else {
-                    parse_attention(&entry.text)
-                };
-                chunk_text(&self.tokenizer, &segments, &self.embeddings, spec.comma_padding_backtrack)
-            })
-            .collect();
+        let chunked = self.chunk_schedule(schedule, spec);
         let z = encode_texts(&model.clip, &chunked, spec.clip_skip, spec.emphasis);
         CondSchedule(
             schedule.iter().enumerate().map(|(i, e)| (e.end_at_step, z.narrow(0, i as i64, 1))).collect(),

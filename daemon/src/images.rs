@@ -883,41 +883,31 @@ pub fn inpaint_crop_region(mask: &Pixels, pad: u32, width: u32, height: u32) -> 
     let ratio_processing = f64::from(width) / f64::from(height);
     // Python's `//` floors; the differences here are never negative.
     if ratio_crop > ratio_processing {
-        let desired = (x2 - x1) as f64 / ratio_processing;
-        let diff = (desired - (y2 - y1) as f64) as i64;
-        y1 -= diff.div_euclid(2);
-        y2 += diff - diff.div_euclid(2);
-        if y2 >= ih {
-            let d = y2 - ih;
-            y2 -= d;
-            y1 -= d;
-        }
-        if y1 < 0 {
-            y2 -= y1;
-            y1 = 0;
-        }
-        if y2 >= ih {
-            y2 = ih;
-        }
+        widen_span(&mut y1, &mut y2, (x2 - x1) as f64 / ratio_processing, ih);
     } else {
-        let desired = (y2 - y1) as f64 * ratio_processing;
-        let diff = (desired - (x2 - x1) as f64) as i64;
-        x1 -= diff.div_euclid(2);
-        x2 += diff - diff.div_euclid(2);
-        if x2 >= iw {
-            let d = x2 - iw;
-            x2 -= d;
-            x1 -= d;
-        }
-        if x1 < 0 {
-            x2 -= x1;
-            x1 = 0;
-        }
-        if x2 >= iw {
-            x2 = iw;
-        }
+        widen_span(&mut x1, &mut x2, (y2 - y1) as f64 * ratio_processing, iw);
     }
     Some((x1, y1, x2, y2))
+}
+
+/// Grows `[lo, hi)` to `desired` pixels around its centre (the extra split as Python's `//`
+/// splits it), shifted back inside `[0, limit)` and clipped there.
+fn widen_span(lo: &mut i64, hi: &mut i64, desired: f64, limit: i64) {
+    let diff = (desired - (*hi - *lo) as f64) as i64;
+    *lo -= diff.div_euclid(2);
+    *hi += diff - diff.div_euclid(2);
+    if *hi >= limit {
+        let over = *hi - limit;
+        *hi -= over;
+        *lo -= over;
+    }
+    if *lo < 0 {
+        *hi -= *lo;
+        *lo = 0;
+    }
+    if *hi >= limit {
+        *hi = limit;
+    }
 }
 
 /// Pillow's integer division by 255 with rounding (`DIV255`).
