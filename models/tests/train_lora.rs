@@ -48,18 +48,23 @@ fn config(seed: i64) -> TrainConfig {
     }
 }
 
-#[test]
-fn lora_network_tiny_model_has_kohya_targets_and_init() {
-    let _rng = rng();
-    let sd = tiny();
-    tch::manual_seed(0);
-    let net = LoraNetwork::new(
+/// The default kohya network on `sd`, initialised from seed `seed`.
+fn default_network(sd: &models::checkpoint::StableDiffusion, seed: i64) -> LoraNetwork {
+    tch::manual_seed(seed);
+    LoraNetwork::new(
         &sd.params,
         sd.config.unet.num_res_blocks as usize,
         &LoraConfig::default(),
         tch::Device::Cpu,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn lora_network_tiny_model_has_kohya_targets_and_init() {
+    let _rng = rng();
+    let sd = tiny();
+    let net = default_network(&sd, 0);
     let names: Vec<&str> = net.modules.iter().map(|m| m.name.as_str()).collect();
     for want in [
         "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
@@ -116,14 +121,7 @@ fn lora_network_with_conv_dim_adds_locon_modules() {
 fn lora_inject_forward_equals_base_plus_adapter_path() {
     let _rng = rng();
     let sd = tiny();
-    tch::manual_seed(1);
-    let net = LoraNetwork::new(
-        &sd.params,
-        sd.config.unet.num_res_blocks as usize,
-        &LoraConfig::default(),
-        tch::Device::Cpu,
-    )
-    .unwrap();
+    let net = default_network(&sd, 1);
     let m = net
         .modules
         .iter()

@@ -407,14 +407,10 @@ impl Optimizer {
             let group_lr = self.current_lr[gi];
             let mut group_grads = Vec::with_capacity(group.params.len());
             for (pi, p) in group.params.iter_mut().enumerate() {
-                let mut grad = p.grad();
-                if !grad.defined() {
-                    group_grads.push(grad);
+                let Some(grad) = coupled_grad(p, c.weight_decay, c.decouple) else {
+                    group_grads.push(p.grad());
                     continue;
-                }
-                if c.weight_decay != 0.0 && !c.decouple {
-                    let _ = grad.g_add_(&(&*p * c.weight_decay));
-                }
+                };
                 let st = &mut self.state[gi][pi];
                 if !st.initialised {
                     st.s = Some(p.zeros_like());
@@ -486,14 +482,10 @@ impl Optimizer {
             let group_lr = self.current_lr[gi];
             let mut group_grads = Vec::with_capacity(group.params.len());
             for (pi, p) in group.params.iter_mut().enumerate() {
-                let mut grad = p.grad();
-                if !grad.defined() {
-                    group_grads.push(grad);
+                let Some(grad) = coupled_grad(p, c.weight_decay, c.decouple) else {
+                    group_grads.push(p.grad());
                     continue;
-                }
-                if c.weight_decay != 0.0 && !c.decouple {
-                    let _ = grad.g_add_(&(&*p * c.weight_decay));
-                }
+                };
                 let st = &mut self.state[gi][pi];
                 if !st.initialised {
                     st.s = Some(slice(p).zeros_like());
@@ -570,4 +562,18 @@ impl Optimizer {
         self.k += 1;
         Ok(())
     }
+}
+
+/// A parameter's gradient with L2 weight decay folded in when it is not decoupled (both
+/// dadaptation and prodigyopt add `weight_decay · p` to the gradient first); `None` when the
+/// parameter received no gradient this step.
+fn coupled_grad(p: &Tensor, weight_decay: f64, decouple: bool) -> Option<Tensor> {
+    let mut grad = p.grad();
+    if !grad.defined() {
+        return None;
+    }
+    if weight_decay != 0.0 && !decouple {
+        let _ = grad.g_add_(&(p * weight_decay));
+    }
+    Some(grad)
 }
