@@ -12,8 +12,12 @@ LoRA (peft, rank/alpha as ours, kaiming-uniform down and zero up) on the text en
 q/k/v/out_proj and fc1/fc2 and on every Linear and 1x1 conv inside the UNet's transformer blocks
 (training.md section 4; the target count is checked against ours), text encoder with clip skip 2
 (hidden_states[-2] + final_layer_norm), DDPM noising with noise offset 0.0357, min-SNR-5 weighted
-MSE, backward, clip_grad_norm_(1.0), AdamW(lr 1e-4, weight decay 0.01). fp32 on every device (the
-daemon trains an fp32 copy). Latents are cached on both sides, so neither times the VAE. Step
+MSE, backward, clip_grad_norm_(1.0), AdamW(lr 1e-4, weight decay 0.01). fp32 by default; with
+--mixed-precision bf16 both sides train kohya's way (training.md 3.5): frozen weights in bf16, LoRA
+parameters in fp32, the forward under torch.autocast(bf16) here, fp32 loss. With
+--gradient-checkpointing the UNet checkpoints its blocks here (diffusers'
+enable_gradient_checkpointing) and its segments on our side; the text encoder is not checkpointed
+on either side. Latents are cached on both sides, so neither times the VAE. Step
 time is the median after warm-up (the fastest step is printed too: on a busy machine it is the
 least disturbed); below 1 the ratio diffusiond / PyTorch means diffusiond is faster. Peak
 memory: resident set of each process and, on CUDA, the caching allocator's peak allocated bytes
@@ -23,7 +27,7 @@ through its libtorch shim, and its figure includes the VAE that cached the laten
 Usage:
   .venv/bin/python reference/bench_train.py --ours target/release/examples/bench_train
       [--device cpu|cuda] [--runs tiny:64:3,sd15:256:1] [--rank 128] [--alpha 1]
-      [--warmup 2] [--iters 5] [--threads N]
+      [--warmup 2] [--iters 5] [--threads N] [--mixed-precision no|bf16] [--gradient-checkpointing]
 Default runs: CPU tiny:64:3,sd15:256:1; CUDA sd15:512:3,sd15:768:3.
 Pinned stack: reference/requirements.txt (torch==2.11.0) + reference/requirements-training.txt (peft).
 """
@@ -129,17 +133,26 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def pytorch_run(folder, device, resolution, batch, rank, alpha, warmup, iters):
+def pytorch_run(folder, device, resolution, batch, rank, alpha, warmup, iters, bf16, checkpointing):
     torch.manual_seed(1234)
+    weight_dtype = torch.bfloat16 if bf16 else torch.float32
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32).to(device)
     te = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32).to(device)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
     vae_cfg = AutoencoderKL.load_config(folder / "vae")
     factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
     unet.train()
     te.train()
     te_params, te_count = add_lora(te, TE_TARGETS, rank, alpha)
     unet_params, unet_count = add_lora(unet, UNET_TARGETS, rank, alpha)
+    # kohya: the frozen weights in the mixed-precision dtype, the LoRA parameters stay fp32.
+    for model in (unet, te):
+        for name, p in model.named_parameters():
+            if "lora_" not in name:
+                p.data = p.data.to(weight_dtype)
     params = te_params + unet_params
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     opt = torch.optim.AdamW([{"params": te_params}, {"params": unet_params}], lr=1e-4, weight_decay=0.01)
 
     # Cached latents (scaled) and token ids: BOS, a few tokens, EOS padding, as a caption encodes.
@@ -160,9 +173,10 @@ def pytorch_run(folder, device, resolution, batch, rank, alpha, warmup, iters):
         t = torch.randint(0, 1000, (batch,), device=device)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1.0 - a).sqrt() * noise
-        hidden = te(ids, output_hidden_states=True).hidden_states[-2]
-        context = te_model.final_layer_norm(hidden)
-        pred = unet(noisy, t, encoder_hidden_states=context).sample
+        with autocast:
+            hidden = te(ids, output_hidden_states=True).hidden_states[-2]
+            context = te_model.final_layer_norm(hidden)
+            pred = unet(noisy, t, encoder_hidden_states=context).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="none").mean([1, 2, 3])
         snr = all_snr[t]
         loss = (loss * torch.clamp(5.0 / snr, max=1.0)).mean()
@@ -203,6 +217,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.threads:
@@ -211,12 +227,15 @@ def main():
         # One PyTorch run in its own process, so its peak memory is its own.
         name, res, batch = a.child.split(":")
         folder = {"tiny": TINY, "sd15": SD15}[name]
-        ref = pytorch_run(folder, a.device, int(res), int(batch), a.rank, a.alpha, a.warmup, a.iters)
+        ref = pytorch_run(folder, a.device, int(res), int(batch), a.rank, a.alpha, a.warmup, a.iters,
+                          a.mixed_precision == "bf16", a.gradient_checkpointing)
         print(json.dumps(ref))
         return
     runs = a.runs or ("sd15:512:3,sd15:768:3" if a.device.startswith("cuda") else "tiny:64:3,sd15:256:1")
     print(f"device {a.device}, torch {torch.__version__}, peft {peft.__version__}, "
-          f"rank {a.rank}, alpha {a.alpha}, warm-up {a.warmup}, timed steps {a.iters}", flush=True)
+          f"rank {a.rank}, alpha {a.alpha}, warm-up {a.warmup}, timed steps {a.iters}, "
+          f"mixed precision {a.mixed_precision}, gradient checkpointing {a.gradient_checkpointing}", flush=True)
+    mode = ["--mixed-precision", a.mixed_precision] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
     rows = []
     for run in runs.split(","):
         name, res, batch = run.split(":")
@@ -226,13 +245,13 @@ def main():
         folder = {"tiny": TINY, "sd15": SD15}[name]
         cmd = [a.ours, "--model", str(folder), "--device", a.device, "--resolution", str(res),
                "--batch", str(batch), "--rank", str(a.rank), "--alpha", str(a.alpha),
-               "--warmup", str(a.warmup), "--iters", str(a.iters)]
+               "--warmup", str(a.warmup), "--iters", str(a.iters)] + mode
         if a.threads:
             cmd += ["--threads", str(a.threads)]
         ours = run_json(cmd, ours_env(a.device))
         child = [sys.executable, __file__, "--ours", a.ours, "--child", run, "--device", a.device,
                  "--rank", str(a.rank), "--alpha", str(a.alpha), "--warmup", str(a.warmup),
-                 "--iters", str(a.iters)] + (["--threads", str(a.threads)] if a.threads else [])
+                 "--iters", str(a.iters)] + mode + (["--threads", str(a.threads)] if a.threads else [])
         ref = run_json(child, None)
         print(json.dumps({"run": run, **ours}), flush=True)
         print(json.dumps({"run": run, **ref}), flush=True)
@@ -251,7 +270,7 @@ def main():
         fast_ours, fast_ref = min(ours["steps_s"]), min(ref["steps_s"])
         print(f"{run}: s/step median diffusiond {ours['step_s']:.4f}, pytorch {ref['step_s']:.4f}, "
               f"ratio {ours['step_s'] / ref['step_s']:.3f}; fastest {fast_ours:.4f} / {fast_ref:.4f}, "
-              f"ratio {fast_ours / fast_ref:.3f} (inject+restore {ours['inject_restore_s']:.4f} s); "
+              f"ratio {fast_ours / fast_ref:.3f}; "
               f"peak RSS diffusiond {ours['peak_rss_mib']:.0f} MiB, pytorch {ref['peak_rss_mib']:.0f} MiB{cuda}")
 
 

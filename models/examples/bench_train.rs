@@ -1,18 +1,19 @@
 //! Benchmark (not a test): seconds per LoRA training step of [`TrainSession`] on a checkpoint
 //! (any layout the loader reads; `reference/bench_train.py` passes a diffusers folder so that
 //! diffusers builds the very same weights). One step is what the trainer does per batch: draw the
-//! batch, inject the LoRA, text encoder and UNet forward, min-SNR loss, backward, gradient clip,
-//! AdamW and scheduler step, restore. The model trains in fp32 on every device, as the daemon's
-//! training copy does.
+//! batch, attach the LoRA, text encoder and UNet forward, min-SNR loss, backward, gradient clip,
+//! AdamW and scheduler step, detach. The model is fp32, or bf16 with `--mixed-precision bf16`
+//! (fp32 LoRA, as the daemon trains under `mixed_precision: "bf16"`); `--gradient-checkpointing`
+//! recomputes the UNet's segments during backward.
 //!
-//! Prints one JSON line: the median step time after warm-up, every timed step, the cost of one
-//! LoRA inject + restore on its own (the part a forward-hook implementation would not pay), and
-//! the process's peak resident memory and, on CUDA, the caching allocator's peak allocated bytes
-//! over the whole run (model load and latent caching included), the statistic of
+//! Prints one JSON line: the median step time after warm-up, every timed step, and the process's
+//! peak resident memory and, on CUDA, the caching allocator's peak allocated bytes over the whole
+//! run (model load and latent caching included), the statistic of
 //! `torch.cuda.max_memory_allocated`.
 //!
 //! Usage: bench_train --model PATH [--device cpu|cuda] [--resolution PX] [--batch N] [--rank R]
-//! [--alpha A] [--warmup N] [--iters N] [--threads N]
+//! [--alpha A] [--warmup N] [--iters N] [--threads N] [--mixed-precision no|bf16]
+//! [--gradient-checkpointing]
 
 use std::time::Instant;
 
@@ -23,7 +24,7 @@ use models::train::lora_net::LoraConfig;
 use models::train::loss::LossWeighting;
 use models::train::optim::{AdamWConfig, OptimizerConfig};
 use models::train::schedule::LrScheduleKind;
-use models::train::{TrainConfig, TrainImage, TrainSession};
+use models::train::{MixedPrecision, TrainConfig, TrainImage, TrainSession};
 use tch::{Device, Kind, Tensor};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -61,9 +62,14 @@ fn main() -> models::Result<()> {
     if let Some(threads) = arg("--threads").and_then(|s| s.parse::<i32>().ok()) {
         tch::set_num_threads(threads);
     }
+    let mixed_precision = match arg("--mixed-precision").as_deref() {
+        None | Some("no") => MixedPrecision::No,
+        Some("bf16") => MixedPrecision::Bf16,
+        Some(other) => panic!("--mixed-precision no|bf16, got {other}"),
+    };
+    let gradient_checkpointing = args.iter().any(|a| a == "--gradient-checkpointing");
 
-    // fp32 on every device: the daemon trains an fp32 copy of the base model.
-    let placement = Placement { device, kind: Kind::Float };
+    let placement = Placement { device, kind: mixed_precision.kind() };
     let load = Instant::now();
     let sd = StableDiffusion::load(std::path::Path::new(&model), placement)?;
     let load_s = load.elapsed().as_secs_f64();
@@ -89,6 +95,8 @@ fn main() -> models::Result<()> {
         clip_skip: 2,
         max_grad_norm: 1.0,
         seed: 1234,
+        mixed_precision,
+        gradient_checkpointing,
         ..Default::default()
     };
     let setup = Instant::now();
@@ -111,22 +119,11 @@ fn main() -> models::Result<()> {
         last_loss = record.loss;
     }
 
-    // Inject + restore on their own, with gradients recorded as in a step (the graph is dropped
-    // by the restore).
-    let network = session.network();
-    let mut inject_restore = Vec::with_capacity(3);
-    for _ in 0..3 {
-        let t = Instant::now();
-        tch::with_grad(|| network.inject());
-        network.restore();
-        sync(device);
-        inject_restore.push(t.elapsed().as_secs_f64());
-    }
-
     let json = serde_json::json!({
         "impl": "diffusiond",
         "device": format!("{device:?}"),
-        "dtype": "fp32",
+        "dtype": mixed_precision.name(),
+        "gradient_checkpointing": gradient_checkpointing,
         "threads": tch::get_num_threads(),
         "resolution": resolution,
         "batch": batch,
@@ -138,7 +135,6 @@ fn main() -> models::Result<()> {
         "setup_s": setup_s,
         "step_s": median(steps.clone()),
         "steps_s": steps,
-        "inject_restore_s": median(inject_restore),
         "last_loss": last_loss,
         "peak_rss_mib": peak_rss_mib(),
         "peak_cuda_mib": cuda_memory(device).map(|m| m.allocated.1 as f64 / (1u64 << 20) as f64),

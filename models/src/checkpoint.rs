@@ -159,6 +159,9 @@ pub struct StableDiffusion {
     /// Every module weight by its A1111 name, sharing storage with the modules: what LoRA merges
     /// update in place.
     pub params: HashMap<String, Tensor>,
+    /// Every linear and convolution layer's adapter slot, by its weight's A1111 name: where a
+    /// LoRA network being trained attaches its modules.
+    pub adapters: HashMap<String, crate::nn::AdapterSlot>,
     /// The LoRA set merged into `params` and the originals it replaced.
     pub lora: Mutex<crate::lora::LoraState>,
 }
@@ -186,18 +189,21 @@ impl StableDiffusion {
         let weights_placement = weights.placement();
         let strip = |p: &str| p.trim_end_matches('.').to_string();
         let registry = Rc::new(RefCell::new(HashMap::new()));
-        let weights = weights.with_registry(registry.clone());
+        let adapters = Rc::new(RefCell::new(HashMap::new()));
+        let weights = weights.with_registry(registry.clone()).with_adapters(adapters.clone());
         let clip = ClipTextModel::new(&weights.pp(strip(names::CLIP)), &config.clip)?;
         let unet = Unet::new(&weights.pp(strip(names::UNET)), &config.unet)?;
         let vae = Vae::new(&weights.pp(strip(names::VAE)), &config.vae)?;
         drop(weights);
         let params = registry.take();
+        let adapters = adapters.take();
         Ok(StableDiffusion {
             clip,
             unet,
             vae,
             placement: weights_placement,
             params,
+            adapters,
             lora: Mutex::new(crate::lora::LoraState::default()),
             config,
         })

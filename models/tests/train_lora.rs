@@ -51,13 +51,7 @@ fn config(seed: i64) -> TrainConfig {
 /// The default kohya network on `sd`, initialised from seed `seed`.
 fn default_network(sd: &models::checkpoint::StableDiffusion, seed: i64) -> LoraNetwork {
     tch::manual_seed(seed);
-    LoraNetwork::new(
-        &sd.params,
-        sd.config.unet.num_res_blocks as usize,
-        &LoraConfig::default(),
-        tch::Device::Cpu,
-    )
-    .unwrap()
+    LoraNetwork::new(sd, &LoraConfig::default()).unwrap()
 }
 
 #[test]
@@ -103,8 +97,7 @@ fn lora_network_with_conv_dim_adds_locon_modules() {
     let _rng = rng();
     let sd = tiny();
     let cfg = LoraConfig { conv: Some((2, 1.0)), ..Default::default() };
-    let net =
-        LoraNetwork::new(&sd.params, sd.config.unet.num_res_blocks as usize, &cfg, tch::Device::Cpu).unwrap();
+    let net = LoraNetwork::new(&sd, &cfg).unwrap();
     let find = |n: &str| net.modules.iter().find(|m| m.name == n).unwrap_or_else(|| panic!("missing {n}"));
     let conv1 = find("lora_unet_down_blocks_0_resnets_0_conv1");
     assert_eq!((conv1.rank, conv1.down.size()[2..].to_vec()), (2, vec![3, 3]), "3×3 conv gets conv_dim");
@@ -117,28 +110,162 @@ fn lora_network_with_conv_dim_adds_locon_modules() {
     find("lora_unet_up_blocks_0_upsamplers_0_conv");
 }
 
+/// The text encoder's and the UNet's outputs on fixed inputs.
+fn model_outputs(sd: &StableDiffusion) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        tch::manual_seed(11);
+        let ids = Tensor::randint(sd.config.clip.vocab_size, [2, 77], (Kind::Int64, tch::Device::Cpu));
+        let context = sd.clip.encode(&ids, 2);
+        let x = Tensor::randn([2, 4, 16, 16], (Kind::Float, tch::Device::Cpu));
+        let t = Tensor::from_slice(&[10f32, 700.0]);
+        (context.shallow_clone(), sd.unet.forward(&x, &t, &context))
+    })
+}
+
 #[test]
-fn lora_inject_forward_equals_base_plus_adapter_path() {
+fn attached_network_equals_its_weight_deltas_merged_into_the_model() {
+    // kohya's forward `W x + up(down(x))·scale` on every linear, 1×1 and (LoCon) 3×3 target,
+    // strided downsamplers included, is the same linear map as the weight `W + ΔW`.
     let _rng = rng();
     let sd = tiny();
-    let net = default_network(&sd, 1);
-    let m = net
-        .modules
-        .iter()
-        .find(|m| m.name == "lora_te_text_model_encoder_layers_0_self_attn_q_proj")
-        .unwrap();
+    tch::manual_seed(3);
+    let net = LoraNetwork::new(&sd, &LoraConfig { conv: Some((2, 1.0)), ..Default::default() }).unwrap();
     tch::no_grad(|| {
-        m.up.shallow_clone().copy_(&(m.up.randn_like() * 0.1));
+        for m in &net.modules {
+            m.up.shallow_clone().copy_(&(m.up.randn_like() * 0.1));
+        }
     });
-    let w0 = sd.params[&m.target_name].copy();
-    let x = Tensor::randn([3, w0.size()[1]], (Kind::Float, tch::Device::Cpu));
-    let kohya = x.matmul(&w0.tr()) + x.matmul(&m.down.tr()).matmul(&m.up.tr()) * m.scale();
-    tch::no_grad(|| net.inject());
-    let injected = x.matmul(&sd.params[&m.target_name].tr());
-    let err = (&injected - &kohya).abs().max().double_value(&[]);
-    assert!(err < 1e-5, "merged forward differs from W x + up(down(x))·scale by {err}");
-    net.restore();
-    assert_eq!((&sd.params[&m.target_name] - &w0).abs().max().double_value(&[]), 0.0, "restore is exact");
+    let base = model_outputs(&sd);
+    net.attach();
+    let attached = model_outputs(&sd);
+    net.detach();
+    let detached = model_outputs(&sd);
+    let originals: Vec<Tensor> = net.modules.iter().map(|m| sd.params[&m.target_name].copy()).collect();
+    tch::no_grad(|| {
+        for m in &net.modules {
+            let _ = sd.params[&m.target_name].shallow_clone().g_add_(&m.delta(1.0));
+        }
+    });
+    let merged = model_outputs(&sd);
+    tch::no_grad(|| {
+        for (m, w) in net.modules.iter().zip(&originals) {
+            sd.params[&m.target_name].shallow_clone().copy_(w);
+        }
+    });
+    let max = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    assert_eq!(max(&base.0, &detached.0) + max(&base.1, &detached.1), 0.0, "detach restores the model");
+    assert!(max(&base.1, &attached.1) > 1e-3, "the adapters change the UNet's output");
+    let (te, unet) = (max(&attached.0, &merged.0), max(&attached.1, &merged.1));
+    assert!(te < 1e-4 && unet < 1e-4, "attached vs merged: text encoder {te}, UNet {unet}");
+}
+
+#[test]
+fn gradient_checkpointing_gives_plain_backward_gradients() {
+    let _rng = rng();
+    let sd = tiny();
+    let tokenizer = ClipTokenizer::new().unwrap();
+    let imgs = images();
+    let grads = |checkpointing: bool| {
+        let cfg = TrainConfig {
+            network: LoraConfig { rank: 4, alpha: Some(4.0), conv: Some((2, 2.0)), ..Default::default() },
+            gradient_checkpointing: checkpointing,
+            max_grad_norm: 0.0,
+            max_train_steps: 1,
+            ..config(5)
+        };
+        let mut trainer = Trainer::new(&sd, &tokenizer, &imgs, cfg).unwrap();
+        // Non-zero `up` so every path carries a gradient to `down` as well.
+        tch::no_grad(|| {
+            for m in &trainer.network().modules {
+                m.up.shallow_clone().copy_(&(m.up.randn_like() * 0.05));
+            }
+        });
+        // Gradients disabled around the step, as on the daemon's engine thread: the step enables
+        // them where it needs them.
+        let record = tch::no_grad(|| trainer.train_step()).unwrap();
+        let grads: Vec<(String, Tensor)> = trainer
+            .network()
+            .modules
+            .iter()
+            .flat_map(|m| {
+                [(format!("{}.down", m.name), m.down.grad()), (format!("{}.up", m.name), m.up.grad())]
+            })
+            .map(|(n, g)| (n, if g.defined() { g.copy() } else { g }))
+            .collect();
+        (record.loss, grads)
+    };
+    let (loss_plain, plain) = grads(false);
+    let (loss_ckpt, ckpt) = grads(true);
+    assert!((loss_plain - loss_ckpt).abs() <= 1e-6 * loss_plain.abs(), "{loss_plain} vs {loss_ckpt}");
+    let mut worst = (0.0, String::new());
+    let mut te_seen = false;
+    // With clip skip 2 the text encoder's last layer does not reach the output: its modules get
+    // no gradient in either mode, as in kohya. Every other module gets one in both.
+    let last_te_layer = format!("lora_te_text_model_encoder_layers_{}_", sd.config.clip.layers - 1);
+    let mismatched: Vec<String> = plain
+        .iter()
+        .zip(&ckpt)
+        .filter(|((n, a), (_, b))| a.defined() == n.starts_with(&last_te_layer) || a.defined() != b.defined())
+        .map(|((n, a), (_, b))| format!("{n} (plain {}, checkpointed {})", a.defined(), b.defined()))
+        .collect();
+    assert!(mismatched.is_empty(), "gradient presence: {mismatched:?}");
+    let defined = || plain.iter().zip(&ckpt).filter(|((_, a), _)| a.defined());
+    let largest = defined().map(|((_, a), _)| a.abs().max().double_value(&[])).fold(0.0, f64::max);
+    for ((name, a), (_, b)) in defined() {
+        te_seen |= name.starts_with("lora_te_") && a.abs().max().double_value(&[]) > 0.0;
+        // Relative to the tensor, with a floor for the gradients that are zero in exact
+        // arithmetic (a time embedding added per channel right before a one-channel-per-group
+        // GroupNorm in the tiny model): there both modes give float noise of about 1e-10.
+        let scale = a.abs().max().double_value(&[]).max(largest * 1e-3);
+        let rel = (a - b).abs().max().double_value(&[]) / scale;
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+    }
+    println!("checkpointed vs plain gradients: worst relative difference {:.2e} ({})", worst.0, worst.1);
+    assert!(te_seen, "the text encoder's modules get gradients through the checkpointed UNet");
+    assert!(worst.0 < 1e-4, "gradients differ: {worst:?}");
+}
+
+#[test]
+fn bf16_mixed_precision_trains_fp32_lora_on_a_bf16_model() {
+    let _rng = rng();
+    let path = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/tiny/tiny-sd15.safetensors"
+    ));
+    let placement = models::device::Placement { device: tch::Device::Cpu, kind: Kind::BFloat16 };
+    let sd = StableDiffusion::load(&path, placement).unwrap();
+    let tokenizer = ClipTokenizer::new().unwrap();
+    let imgs = images();
+    let refused =
+        Trainer::new(&sd, &tokenizer, &imgs, config(42)).err().expect("fp32 config on a bf16 model");
+    assert!(refused.to_string().contains("mixed precision no"), "{refused}");
+
+    let cfg = TrainConfig {
+        mixed_precision: models::train::MixedPrecision::Bf16,
+        gradient_checkpointing: true,
+        max_train_steps: 10,
+        ..config(42)
+    };
+    let mut trainer = Trainer::new(&sd, &tokenizer, &imgs, cfg).unwrap();
+    let fixed = trainer.draw_batch().unwrap();
+    let before = trainer.eval_loss(&fixed);
+    let records = trainer.run(|_| {}).unwrap();
+    let after = trainer.eval_loss(&fixed);
+    let net = trainer.finish();
+    assert!(net.modules.iter().all(|m| m.down.kind() == Kind::Float && m.up.kind() == Kind::Float));
+    let grads: Vec<Tensor> = net.modules.iter().map(|m| m.up.grad()).filter(Tensor::defined).collect();
+    assert!(!grads.is_empty() && grads.iter().all(|g| g.kind() == Kind::Float), "fp32 gradients");
+    let (_, fp32_after, fp32_losses, _) = train_once(&tiny(), 42, 10);
+    let bf16_losses: Vec<f64> = records.iter().map(|r| r.loss).collect();
+    println!("bf16: fixed-batch loss {before:.5} -> {after:.5}; steps {bf16_losses:.4?}; fp32 steps {fp32_losses:.4?}");
+    assert!(after < before * 0.98, "bf16 training lowers the fixed-batch loss: {before} -> {after}");
+    // The same batches and noise: bf16 rounding moves each step's loss a little, not more.
+    for (b, f) in bf16_losses.iter().zip(&fp32_losses) {
+        assert!((b - f).abs() < 0.05 * f.abs() + 1e-3, "bf16 step loss {b} vs fp32 {f}");
+    }
+    assert!((after - fp32_after).abs() < 0.05 * fp32_after, "{after} vs fp32 {fp32_after}");
 }
 
 /// Trains `steps` steps and returns (loss before, loss after, step losses, one LoRA tensor).

@@ -7,7 +7,7 @@ use models::train::loss::LossWeighting;
 use models::train::optim::{AdamWConfig, DAdaptAdamConfig, OptimizerConfig, ProdigyConfig};
 use models::train::sample_prompt;
 use models::train::schedule::LrScheduleKind;
-use models::train::TrainConfig;
+use models::train::{MixedPrecision, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -121,8 +121,7 @@ pub struct Recipe {
     pub noise_offset: f64,
     pub prior_loss_weight: f64,
     pub clip_skip: u32,
-    /// `bf16`, `fp16` or `no`. Recorded only: the training core trains an fp32 copy of the model
-    /// until its adapters move from weight injection to forward hooks (see `models::train`).
+    /// `bf16` or `no`: the dtype of the run's model copy (the LoRA stays fp32).
     pub mixed_precision: String,
     pub seed: i64,
     pub cache_latents_to_disk: bool,
@@ -131,7 +130,7 @@ pub struct Recipe {
     pub caption_extension: String,
     pub flip_aug: bool,
     pub max_grad_norm: f64,
-    /// Recorded only: the UNet and CLIP have no recomputation points yet.
+    /// Recompute the UNet's segments during backward instead of storing their activations.
     pub gradient_checkpointing: bool,
     /// `None`: the plan's, every 10% of the planned epochs (at least every epoch).
     pub save_every_n_epochs: Option<u32>,
@@ -224,12 +223,18 @@ impl TrainRequest {
         let lr_scheduler = one_of("lr_scheduler", self.lr_scheduler.as_deref(), SCHEDULERS, "cosine")?;
         let mixed_precision = match self.mixed_precision.as_deref() {
             None => if cuda { "bf16" } else { "no" }.to_string(),
-            Some(m @ ("bf16" | "fp16" | "no")) => m.to_string(),
+            Some(m @ ("bf16" | "no")) => m.to_string(),
             Some("fp32") => "no".to_string(),
+            Some("fp16") => {
+                return Err(ApiError::field(
+                    "mixed_precision",
+                    "`mixed_precision` fp16 is not supported (it needs loss scaling): use bf16 or no",
+                ))
+            }
             Some(m) => {
                 return Err(ApiError::field(
                     "mixed_precision",
-                    format!("`mixed_precision` must be bf16, fp16 or no, got {m:?}"),
+                    format!("`mixed_precision` must be bf16 or no, got {m:?}"),
                 ))
             }
         };
@@ -470,6 +475,14 @@ impl Recipe {
         }
     }
 
+    /// The model copy's dtype (`mixed_precision`).
+    pub fn precision(&self) -> MixedPrecision {
+        match self.mixed_precision.as_str() {
+            "bf16" => MixedPrecision::Bf16,
+            _ => MixedPrecision::No,
+        }
+    }
+
     /// The models crate's configuration for a run of `total_steps` optimizer steps.
     pub fn train_config(&self, total_steps: u64) -> Result<TrainConfig, ApiError> {
         let zero_none = |x: f64| (x > 0.0).then_some(x);
@@ -498,6 +511,8 @@ impl Recipe {
             clip_skip: self.clip_skip as usize,
             max_grad_norm: self.max_grad_norm,
             seed: self.seed,
+            mixed_precision: self.precision(),
+            gradient_checkpointing: self.gradient_checkpointing,
             ..TrainConfig::default()
         })
     }

@@ -77,12 +77,11 @@ fn io_error(what: &str, e: impl std::fmt::Display) -> JobError {
 }
 
 impl ActiveTraining {
-    /// Loads the run's own copy of the base model (fp32: the adapters are injected into the
-    /// weights, which half precision would round away), builds the session and restores the
-    /// last saved state, if any.
+    /// Loads the run's own copy of the base model (in the recipe's mixed-precision dtype; the
+    /// LoRA stays fp32), builds the session and restores the last saved state, if any.
     fn start(run: &TrainRun) -> Result<ActiveTraining, JobError> {
         let record = run.snapshot();
-        let placement = Placement { device: run.placement.device, kind: Kind::Float };
+        let placement = Placement { device: run.placement.device, kind: record.recipe.precision().kind() };
         let model = StableDiffusion::load(&record.checkpoint_path, placement)?;
         let tokenizer = ClipTokenizer::new()?;
         let stored =
@@ -233,10 +232,7 @@ impl ActiveTraining {
         let mut files = Vec::new();
         // Built per sampling: `TextEncoders` is not `Send`, and the worker must be.
         let text = TextEncoders::new(&self.model, &[])?;
-        {
-            let _guard = tch::no_grad_guard();
-            self.session.network().inject();
-        }
+        self.session.network().attach();
         let result = (|| -> Result<(), JobError> {
             for (index, p) in prompts.iter().filter_map(|line| parse_line(line)).enumerate() {
                 let seed = p.seed.unwrap_or_else(|| (unix_now() * 1e6) as u64 & 0x7fff_ffff);
@@ -288,7 +284,7 @@ impl ActiveTraining {
             }
             Ok(())
         })();
-        self.session.network().restore();
+        self.session.network().detach();
         result.map(|()| files)
     }
 }
@@ -338,7 +334,7 @@ pub fn run_slice(
             Ok(())
         }
         Err(e) => {
-            // The weights may hold an injected network; the model copy is dropped with it.
+            // The layers may hold the attached network; the model copy is dropped with it.
             *slot = None;
             Err(e)
         }

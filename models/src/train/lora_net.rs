@@ -2,37 +2,29 @@
 //! §8.1): which layers get a module, how modules are initialised, and how the network takes part
 //! in the model's forward pass while it is trained.
 //!
-//! # How the adapters reach the model: per-step weight injection
+//! # How the adapters reach the model: the layers' adapter slots
 //!
-//! kohya replaces each target module's forward with `W x + up(down(x)) · scale · multiplier`. Our
-//! UNet and CLIP modules are plain structs with no hook points, so instead each step writes the
-//! effective weight `W₀ + (up · down) · scale · multiplier` into the model's own weight tensor,
-//! *inside the autograd graph*: [`LoraNetwork::inject`] detaches the target (dropping last step's
-//! graph) and copies the effective weight into it with `copy_` while gradients are recorded. The
-//! target is the very tensor the module holds (the checkpoint's parameter registry shares its
-//! `TensorImpl`), so the forward sees the adapted weight and backward carries `∂L/∂W` through the
-//! copy to `up` and `down`. The frozen originals `W₀` are kept as copies and written back by
-//! [`LoraNetwork::restore`] (also on drop, when the model still holds injected weights).
+//! Every linear and convolution layer of the model has an [`AdapterSlot`] (the model lists them
+//! by weight name in [`StableDiffusion::adapters`]). [`LoraNetwork::attach`] puts each module's
+//! `down`, `up` and `alpha / rank · multiplier` into its target's slot, and the layer then
+//! computes kohya's `W x + up(down(x)) · scale` (a LoCon module's `down` takes the target's
+//! kernel, stride and padding, `up` is 1×1). [`LoraNetwork::detach`] empties the slots (also on
+//! drop, when attached).
 //!
-//! For every target kind this is the same linear map as kohya's forward: a Linear's
-//! `W x + s·B(A x) = (W + s·BA) x`; a k×k conv followed by a 1×1 conv is one k×k conv with weight
-//! `up.flatten(1) @ down.flatten(1)` reshaped, with the target's stride and padding. Results agree
-//! up to float rounding in fp32. In half precision the sum `W₀ + ΔW` is rounded to the weight's
-//! dtype, which can swallow a small `ΔW` in the forward pass (the gradient still flows); train
-//! with an fp32 model until the modules grow forward hooks.
-//!
-//! The cost is one extra copy of the targeted weights (`W₀`) and a full-size `∂L/∂W` per target
-//! during backward. Training must start from an un-merged model: inference LoRAs merged into the
-//! weights ([`crate::lora`]) would be baked into `W₀`.
+//! The frozen weights are never written and need no gradient: backward computes only the input
+//! gradients through them and the small `up`/`down` gradients. The LoRA parameters stay fp32 when
+//! the model runs in bf16 or fp16 (mixed precision); the layer casts them to the input's dtype on
+//! the fly, inside the autograd graph.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use crate::checkpoint::StableDiffusion;
 use crate::error::Result;
 use crate::lora::names::unet_ldm_to_diffusers;
+use crate::nn::{Adapter, AdapterSlot};
 use crate::weights::names;
 
 use super::optim::ParamGroup;
@@ -86,8 +78,9 @@ pub struct LoraModule {
     pub down: Tensor,
     /// `[out, r]` or `[out, r, 1, 1]`, fp32, trainable, zero at start.
     pub up: Tensor,
-    target: Tensor,
-    original: Tensor,
+    /// The target layer's shape.
+    shape: Vec<i64>,
+    slot: AdapterSlot,
 }
 
 impl LoraModule {
@@ -96,15 +89,15 @@ impl LoraModule {
         self.alpha / self.rank as f64
     }
 
-    /// The address of the model weight this module adapts, to tell which model it belongs to.
-    pub fn target_data_ptr(&self) -> *mut std::ffi::c_void {
-        self.target.data_ptr()
+    /// Whether `sd` is the model this module was built on (its target layer is `sd`'s).
+    pub fn belongs_to(&self, sd: &StableDiffusion) -> bool {
+        sd.adapters.get(&self.target_name).is_some_and(|s| s.same_as(&self.slot))
     }
 
-    /// `(up · down) · scale · multiplier` in the target's shape, fp32.
+    /// `(up · down) · scale · multiplier` in the target's shape, fp32: the weight change the
+    /// module stands for (for a convolution, the k×k kernel of `down` followed by the 1×1 `up`).
     pub fn delta(&self, multiplier: f64) -> Tensor {
-        let shape = self.original.size();
-        self.up.flatten(1, -1).mm(&self.down.flatten(1, -1)).reshape(shape.as_slice())
+        self.up.flatten(1, -1).mm(&self.down.flatten(1, -1)).reshape(self.shape.as_slice())
             * (self.scale() * multiplier)
     }
 }
@@ -115,9 +108,8 @@ pub struct LoraNetwork {
     pub vs: VarStore,
     pub modules: Vec<LoraModule>,
     pub config: LoraConfig,
-    /// Whether the model holds injected weights. Drop restores only then: between steps the
-    /// model may hold inference LoRAs merged by generation, which must not be overwritten.
-    injected: AtomicBool,
+    /// Whether the modules sit in the model's adapter slots.
+    attached: AtomicBool,
 }
 
 impl std::fmt::Debug for LoraNetwork {
@@ -171,20 +163,19 @@ fn classify(name: &str, shape: &[i64], res_blocks: usize, cfg: &LoraConfig) -> O
 }
 
 impl LoraNetwork {
-    /// Builds the modules for every kohya target found in `params` (the model's parameter
-    /// registry, A1111 names) of a UNet with `res_blocks` res blocks per level. `down` is drawn
-    /// from libtorch's global generator (seed it first for reproducible runs).
-    pub fn new(
-        params: &HashMap<String, Tensor>,
-        res_blocks: usize,
-        cfg: &LoraConfig,
-        device: Device,
-    ) -> Result<Self> {
+    /// Builds the modules for every kohya target among `sd`'s layers, on `sd`'s device. `down` is
+    /// drawn from libtorch's global generator (seed it first for reproducible runs). The modules
+    /// are fp32 whatever the model's dtype.
+    pub fn new(sd: &StableDiffusion, cfg: &LoraConfig) -> Result<Self> {
+        let params = &sd.params;
+        let res_blocks = sd.config.unet.num_res_blocks as usize;
+        let device = sd.placement.device;
         if cfg.rank < 1 {
             return Err(train_error(format!("network rank must be at least 1, got {}", cfg.rank)));
         }
         let mut found: Vec<(String, String, Part, bool)> = params
             .iter()
+            .filter(|(name, _)| sd.adapters.contains_key(*name))
             .filter_map(|(name, t)| {
                 classify(name, &t.size(), res_blocks, cfg)
                     .map(|(lora, part, conv)| (lora, name.clone(), part, conv))
@@ -199,8 +190,8 @@ impl LoraNetwork {
         let root = vs.root();
         let mut modules = Vec::with_capacity(found.len());
         for (lora_name, target_name, part, conv) in found {
-            let target = params[&target_name].shallow_clone();
-            let shape = target.size();
+            let shape = params[&target_name].size();
+            let slot = sd.adapters[&target_name].clone();
             let (rank, alpha) = match (conv, cfg.conv) {
                 (true, Some((r, a))) => (r, a),
                 _ => (cfg.rank, cfg.alpha.filter(|&a| a != 0.0).unwrap_or(cfg.rank as f64)),
@@ -218,7 +209,6 @@ impl LoraNetwork {
             let sub = root.sub(&lora_name);
             let down = sub.var_copy("lora_down", &init);
             let up = sub.zeros("lora_up", &up_shape);
-            let original = tch::no_grad(|| target.detach().copy());
             modules.push(LoraModule {
                 name: lora_name,
                 target_name,
@@ -227,11 +217,11 @@ impl LoraNetwork {
                 alpha,
                 down,
                 up,
-                target,
-                original,
+                shape,
+                slot,
             });
         }
-        Ok(LoraNetwork { vs, modules, config: cfg.clone(), injected: AtomicBool::new(false) })
+        Ok(LoraNetwork { vs, modules, config: cfg.clone(), attached: AtomicBool::new(false) })
     }
 
     /// Parameter groups as kohya orders them: text encoder first (`te_lr`), then UNet (`unet_lr`).
@@ -257,41 +247,26 @@ impl LoraNetwork {
         self.modules.iter().flat_map(|m| [m.down.shallow_clone(), m.up.shallow_clone()]).collect()
     }
 
-    /// Writes `W₀ + ΔW` into every target, recording the graph when gradients are enabled, so the
-    /// next forward pass of the model runs with the adapters (see the module docs).
-    pub fn inject(&self) {
+    /// Puts every module into its target layer's slot: the model's forward passes run with the
+    /// adapters (and record their graph when gradients are enabled) until [`Self::detach`].
+    pub fn attach(&self) {
         let multiplier = self.config.multiplier;
-        self.injected.store(true, Ordering::SeqCst);
         for m in &self.modules {
-            // One fused `W₀ + (s·up)·down` with the scale on the small `[out, r]` factor: the
-            // full-size weight is written once, and backward has no full-size multiply or add (on
-            // CPU, SD1.5 shapes at rank 128, this takes about half the time of a separate
-            // `up · down`, scale and add).
-            let shape = m.original.size();
-            let scaled_up = m.up.flatten(1, -1) * (m.scale() * multiplier);
-            let effective = m
-                .original
-                .to_kind(Kind::Float)
-                .reshape([shape[0], -1])
-                .addmm(&scaled_up, &m.down.flatten(1, -1))
-                .reshape(shape.as_slice())
-                .to_kind(m.original.kind());
-            let mut t = m.target.shallow_clone();
-            // Drops the previous step's graph (and its requires_grad) from the shared tensor.
-            let _ = t.detach_();
-            t.copy_(&effective);
+            m.slot.set(Some(Adapter {
+                down: m.down.shallow_clone(),
+                up: m.up.shallow_clone(),
+                scale: m.scale() * multiplier,
+            }));
         }
+        self.attached.store(true, Ordering::SeqCst);
     }
 
-    /// Writes the frozen originals back into the model.
-    pub fn restore(&self) {
-        let _guard = tch::no_grad_guard();
+    /// Empties the modules' slots: the model computes with its own weights again.
+    pub fn detach(&self) {
         for m in &self.modules {
-            let mut t = m.target.shallow_clone();
-            let _ = t.detach_();
-            t.copy_(&m.original);
+            m.slot.set(None);
         }
-        self.injected.store(false, Ordering::SeqCst);
+        self.attached.store(false, Ordering::SeqCst);
     }
 
     /// kohya's state dict: `<name>.lora_down.weight`, `<name>.lora_up.weight` and a 0-dim
@@ -310,8 +285,8 @@ impl LoraNetwork {
 
 impl Drop for LoraNetwork {
     fn drop(&mut self) {
-        if self.injected.load(Ordering::SeqCst) {
-            self.restore();
+        if self.attached.load(Ordering::SeqCst) {
+            self.detach();
         }
     }
 }

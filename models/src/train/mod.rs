@@ -5,7 +5,7 @@
 //! - [`schedule`]: the LR schedules (transformers' LambdaLR factors).
 //! - [`loss`]: the DDPM noise schedule, noise offset, timestep sampling, min-SNR-γ and prior-loss
 //!   weighting.
-//! - [`lora_net`]: the trainable LoRA network and how it is injected into the frozen model.
+//! - [`lora_net`]: the trainable LoRA network and how it attaches to the frozen model's layers.
 //! - [`save`]: kohya-format `.safetensors` with `ss_*` metadata and `sshs_*` hashes.
 //! - [`bucket`]: kohya's aspect-ratio buckets; [`dataset`]: repeats, regularisation pairing,
 //!   one-bucket batches and per-epoch shuffling, captions; [`plan`]: epochs and steps.
@@ -14,10 +14,11 @@
 //! - [`TrainSession`]: a run that owns everything but the model, can be saved and resumed;
 //!   [`Trainer`] wraps one around a borrowed model.
 //!
+//! Mixed precision: the frozen model is loaded in bf16 ([`MixedPrecision`]), the LoRA parameters
+//! stay fp32 and are cast on the fly by the layers. Gradient checkpointing covers the UNet (the
+//! text encoder's activations, 77 tokens per sample, are small and kept).
+//!
 //! Not here yet: gradient accumulation, dropout variants, caption shuffling and dropout options.
-//! Mixed precision (bf16 autocast on CUDA) needs the frozen weights in bf16 with fp32 LoRA
-//! parameters and a forward-hook path for the adapters (injection rounds `W₀ + ΔW` to the weight
-//! dtype); gradient checkpointing needs recomputation points in the UNet and CLIP blocks.
 
 pub mod bucket;
 pub mod dataset;
@@ -107,6 +108,40 @@ pub struct TrainConfig {
     pub flip_aug: bool,
     /// `--cache_latents_to_disk` with this folder; `None` caches in memory only.
     pub latent_cache_dir: Option<PathBuf>,
+    /// `--mixed_precision`: the dtype the model must be loaded in (the LoRA stays fp32).
+    pub mixed_precision: MixedPrecision,
+    /// `--gradient_checkpointing`: the UNet stores only its segment boundaries and recomputes
+    /// each segment during backward (less memory, about one more forward pass of time).
+    pub gradient_checkpointing: bool,
+}
+
+/// `--mixed_precision`: which dtype the frozen model computes in. The LoRA parameters, their
+/// gradients and the optimizer state stay fp32, and the loss is computed in fp32 (spec §3.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MixedPrecision {
+    /// fp32 throughout (`no`).
+    #[default]
+    No,
+    /// bf16 model (`bf16`), the guide's setting on CUDA.
+    Bf16,
+}
+
+impl MixedPrecision {
+    /// kohya's name (`ss_mixed_precision`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MixedPrecision::No => "no",
+            MixedPrecision::Bf16 => "bf16",
+        }
+    }
+
+    /// The model's dtype.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            MixedPrecision::No => tch::Kind::Float,
+            MixedPrecision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -130,6 +165,8 @@ impl Default for TrainConfig {
             seed: 0,
             flip_aug: false,
             latent_cache_dir: None,
+            mixed_precision: MixedPrecision::No,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -162,7 +199,7 @@ pub struct FixedBatch {
 }
 
 /// Runs training steps on a loaded model it borrows: a [`TrainSession`] tied to one model. The
-/// model's weights are restored after every step (and by [`Trainer::finish`]).
+/// network is attached to the model only during a step (and detached by [`Trainer::finish`]).
 pub struct Trainer<'a> {
     sd: &'a StableDiffusion,
     session: TrainSession,
@@ -222,7 +259,7 @@ impl<'a> Trainer<'a> {
         Ok(records)
     }
 
-    /// Restores the model's weights and hands over the trained network.
+    /// Detaches the network from the model and hands it over.
     pub fn finish(self) -> LoraNetwork {
         self.session.into_network()
     }

@@ -85,7 +85,9 @@ pub fn kohya_metadata(
     put("ss_min_snr_gamma", opt_float(config.weighting.min_snr_gamma));
     put("ss_prior_loss_weight", py_float(config.weighting.prior_loss_weight));
     put("ss_cache_latents", "True".into());
-    put("ss_mixed_precision", "no".into());
+    put("ss_mixed_precision", config.mixed_precision.name().into());
+    put("ss_full_fp16", "False".into());
+    put("ss_gradient_checkpointing", if config.gradient_checkpointing { "True" } else { "False" }.into());
     put("ss_loss_type", "l2".into());
     m
 }

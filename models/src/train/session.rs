@@ -101,9 +101,16 @@ impl TrainSession {
         }
         sd.apply_loras(&[])?;
         tch::manual_seed(config.seed);
+        if sd.placement.kind != config.mixed_precision.kind() {
+            return Err(train_error(format!(
+                "mixed precision {} needs the model in {:?}, it is in {:?}",
+                config.mixed_precision.name(),
+                config.mixed_precision.kind(),
+                sd.placement.kind
+            )));
+        }
         let device = sd.placement.device;
-        let res_blocks = sd.config.unet.num_res_blocks as usize;
-        let network = LoraNetwork::new(&sd.params, res_blocks, &config.network, device)?;
+        let network = LoraNetwork::new(sd, &config.network)?;
         let te_lr = config.text_encoder_lr.unwrap_or(config.learning_rate);
         let unet_lr = config.unet_lr.unwrap_or(config.learning_rate);
         let groups = network.param_groups(te_lr, unet_lr);
@@ -175,9 +182,9 @@ impl TrainSession {
         &self.network
     }
 
-    /// Restores the model's weights and hands over the trained network.
+    /// Detaches the network from the model and hands it over.
     pub fn into_network(self) -> LoraNetwork {
-        self.network.restore();
+        self.network.detach();
         self.network
     }
 
@@ -271,17 +278,26 @@ impl TrainSession {
         })
     }
 
-    /// The weighted batch loss of `sd` with the network injected (a graph when gradients are
-    /// enabled). The caller restores the weights.
+    /// The weighted batch loss of `sd` (with the network attached) on `batch`: a graph when
+    /// gradients are enabled.
     fn forward_loss(&self, sd: &StableDiffusion, batch: &FixedBatch) -> Tensor {
-        self.network.inject();
         let context = sd.clip.encode(&batch.ids, self.config.clip_skip);
+        let (noisy, t) = self.noisy_input(batch);
+        self.loss_of(&sd.unet.forward(&noisy, &t, &context), batch)
+    }
+
+    /// The noised latents and float timesteps the UNet sees.
+    fn noisy_input(&self, batch: &FixedBatch) -> (Tensor, Tensor) {
         let noisy = self.noise.add_noise(&batch.latents, &batch.noise, &batch.timesteps);
         let t = batch.timesteps.to_kind(Kind::Float).to_device(noisy.device());
-        let pred = sd.unet.forward(&noisy, &t, &context);
+        (noisy, t)
+    }
+
+    /// The weighted batch loss of a prediction.
+    fn loss_of(&self, pred: &Tensor, batch: &FixedBatch) -> Tensor {
         let per_sample = loss::per_sample_loss(
             &self.noise,
-            &pred,
+            pred,
             &batch.noise,
             &batch.timesteps,
             &batch.is_reg,
@@ -290,12 +306,25 @@ impl TrainSession {
         loss::batch_loss(&per_sample)
     }
 
+    /// Forward and backward on `batch` with the network attached, accumulating the parameters'
+    /// gradients; with gradient checkpointing the UNet keeps only its segment boundaries (see
+    /// [`crate::unet::Unet::backward_checkpointed`]). Returns the loss, detached.
+    fn forward_backward(&self, sd: &StableDiffusion, batch: &FixedBatch) -> Tensor {
+        if self.config.gradient_checkpointing {
+            let context = tch::with_grad(|| sd.clip.encode(&batch.ids, self.config.clip_skip));
+            let (noisy, t) = self.noisy_input(batch);
+            sd.unet.backward_checkpointed(&noisy, &t, &context, |pred| self.loss_of(pred, batch))
+        } else {
+            let loss = tch::with_grad(|| self.forward_loss(sd, batch));
+            loss.backward();
+            loss.detach()
+        }
+    }
+
     /// Refuses a model other than the one the network was built on: its targets are that model's
     /// tensors.
     fn check_model(&self, sd: &StableDiffusion) -> Result<()> {
-        let same = self.network.modules.first().is_some_and(|m| {
-            sd.params.get(&m.target_name).is_some_and(|p| p.data_ptr() == m.target_data_ptr())
-        });
+        let same = self.network.modules.first().is_some_and(|m| m.belongs_to(sd));
         if same {
             Ok(())
         } else {
@@ -307,8 +336,9 @@ impl TrainSession {
     pub fn eval_loss(&self, sd: &StableDiffusion, batch: &FixedBatch) -> Result<f64> {
         self.check_model(sd)?;
         sd.apply_loras(&[])?;
+        self.network.attach();
         let value = tch::no_grad(|| self.forward_loss(sd, batch).double_value(&[]));
-        self.network.restore();
+        self.network.detach();
         Ok(value)
     }
 
@@ -319,14 +349,13 @@ impl TrainSession {
         // Generation between steps may have merged inference LoRAs into the weights.
         sd.apply_loras(&[])?;
         let batch = self.draw_batch()?;
-        let loss = tch::with_grad(|| self.forward_loss(sd, &batch));
         self.optimizer.zero_grad();
-        loss.backward();
+        self.network.attach();
+        let loss = self.forward_backward(sd, &batch);
+        self.network.detach();
         // Read only now: reading the value waits for the device, and doing so before backward
         // would stall it between the forward and backward passes.
         let value = loss.double_value(&[]);
-        // The targets hold this step's graph until restored; restoring frees activations early.
-        self.network.restore();
         if !value.is_finite() {
             return Err(train_error(format!("loss is {value} at step {}", self.step + 1)));
         }

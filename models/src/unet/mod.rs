@@ -252,6 +252,29 @@ struct OutputBlock {
     up: Option<Upsample>,
 }
 
+/// One sub-module of the forward pass ([`Unet::plan`]).
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    Input(usize),
+    InputAttn(usize),
+    MidRes1,
+    MidAttn,
+    MidRes2,
+    OutputRes(usize),
+    OutputAttn(usize),
+    OutputUp(usize),
+}
+
+/// A segment and the activations it reads: `input` (the previous segment's output), the skip
+/// an output ResBlock concatenates, and the activation whose size an upsampler matches.
+#[derive(Clone, Copy, Debug)]
+struct SegmentRef {
+    part: Part,
+    input: usize,
+    skip: Option<usize>,
+    like: Option<usize>,
+}
+
 /// The conditional denoising UNet.
 #[derive(Debug)]
 pub struct Unet {
@@ -383,8 +406,32 @@ impl Unet {
     /// in the compute dtype. Any H, W work; sides that are not multiples of 2^(levels−1) are
     /// handled as in diffusers (each upsampler matches its skip's size).
     pub fn forward(&self, x: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
-        let x = x.to_kind(self.kind);
+        let (h, temb) = self.stem(x, timesteps);
         let context = context.to_kind(self.kind);
+        let plan = self.plan();
+        // Activations no later segment reads are dropped as soon as they are used.
+        let mut kept = vec![false; plan.len() + 1];
+        for seg in &plan {
+            for i in seg.skip.into_iter().chain(seg.like) {
+                kept[i] = true;
+            }
+        }
+        let mut acts: Vec<Option<Tensor>> = vec![Some(h)];
+        for (i, seg) in plan.iter().enumerate() {
+            let out = self.run_segment(seg, &acts, &temb, &context);
+            if !kept[i] {
+                acts[i] = None;
+            }
+            acts.push(Some(out));
+        }
+        let last = acts.pop().flatten().expect("the last activation is always kept");
+        self.head(&last)
+    }
+
+    /// Timestep embedding and `conv_in`: the frozen stem before the first segment (no LoRA
+    /// targets these layers). Returns the first activation and the embedding.
+    fn stem(&self, x: &Tensor, timesteps: &Tensor) -> (Tensor, Tensor) {
+        let x = x.to_kind(self.kind);
         let batch = x.size()[0];
         let timesteps = if timesteps.numel() == 1 && batch != 1 {
             timesteps.reshape([1]).expand([batch], false)
@@ -394,39 +441,156 @@ impl Unet {
         let temb =
             timestep_embedding(&timesteps.to_device(x.device()), self.config.model_channels, self.kind);
         let temb = self.time_embed.forward(&temb);
+        (self.conv_in.forward(&x), temb)
+    }
 
-        let mut h = self.conv_in.forward(&x);
-        let mut skips = vec![h.shallow_clone()];
-        for block in &self.input_blocks {
-            h = match block {
-                InputBlock::Res(res, attn) => {
-                    let h = res.forward(&h, &temb);
-                    match attn {
-                        Some(attn) => attn.forward(&h, &context),
-                        None => h,
-                    }
-                }
-                InputBlock::Down(down) => down.forward(&h),
-            };
-            skips.push(h.shallow_clone());
+    /// `norm_out`, SiLU, `conv_out`.
+    fn head(&self, h: &Tensor) -> Tensor {
+        self.conv_out.forward(&self.norm_out.forward(h).silu())
+    }
+
+    /// The forward pass as a chain of segments, one per ResBlock, transformer, downsampler and
+    /// upsampler (the sub-modules kohya checkpoints). Segment `i` reads activation `i` (0 is
+    /// `conv_in`'s output) and writes activation `i + 1`.
+    fn plan(&self) -> Vec<SegmentRef> {
+        let mut plan = Vec::new();
+        let mut skips = vec![0usize];
+        let seg =
+            |part, plan: &Vec<SegmentRef>| SegmentRef { part, skip: None, like: None, input: plan.len() };
+        for (i, block) in self.input_blocks.iter().enumerate() {
+            plan.push(seg(Part::Input(i), &plan));
+            if let InputBlock::Res(_, Some(_)) = block {
+                plan.push(seg(Part::InputAttn(i), &plan));
+            }
+            skips.push(plan.len());
         }
-
-        h = self.mid_res1.forward(&h, &temb);
-        h = self.mid_attn.forward(&h, &context);
-        h = self.mid_res2.forward(&h, &temb);
-
-        for block in &self.output_blocks {
+        for part in [Part::MidRes1, Part::MidAttn, Part::MidRes2] {
+            plan.push(seg(part, &plan));
+        }
+        for (j, block) in self.output_blocks.iter().enumerate() {
             let skip = skips.pop().expect("one skip per output block by construction");
-            h = block.res.forward(&Tensor::cat(&[&h, &skip], 1), &temb);
-            if let Some(attn) = &block.attn {
-                h = attn.forward(&h, &context);
+            plan.push(SegmentRef { skip: Some(skip), ..seg(Part::OutputRes(j), &plan) });
+            if block.attn.is_some() {
+                plan.push(seg(Part::OutputAttn(j), &plan));
             }
-            if let Some(up) = &block.up {
-                let next = skips.last().expect("an upsampler is never the last block").size();
-                h = up.forward(&h, [next[2], next[3]]);
+            if block.up.is_some() {
+                let like = *skips.last().expect("an upsampler is never the last block");
+                plan.push(SegmentRef { like: Some(like), ..seg(Part::OutputUp(j), &plan) });
             }
         }
+        plan
+    }
 
-        self.conv_out.forward(&self.norm_out.forward(&h).silu())
+    /// Runs one segment on the activations computed so far.
+    fn run_segment(
+        &self,
+        seg: &SegmentRef,
+        acts: &[Option<Tensor>],
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> Tensor {
+        let get = |i: usize| acts[i].as_ref().expect("the plan keeps every activation a segment reads");
+        let h = get(seg.input);
+        match seg.part {
+            Part::Input(i) => match &self.input_blocks[i] {
+                InputBlock::Res(res, _) => res.forward(h, temb),
+                InputBlock::Down(down) => down.forward(h),
+            },
+            Part::InputAttn(i) => match &self.input_blocks[i] {
+                InputBlock::Res(_, Some(attn)) => attn.forward(h, context),
+                _ => unreachable!("the plan only lists existing transformers"),
+            },
+            Part::MidRes1 => self.mid_res1.forward(h, temb),
+            Part::MidAttn => self.mid_attn.forward(h, context),
+            Part::MidRes2 => self.mid_res2.forward(h, temb),
+            Part::OutputRes(j) => {
+                let skip = get(seg.skip.expect("an output ResBlock reads a skip"));
+                self.output_blocks[j].res.forward(&Tensor::cat(&[h, skip], 1), temb)
+            }
+            Part::OutputAttn(j) => {
+                self.output_blocks[j].attn.as_ref().expect("listed by the plan").forward(h, context)
+            }
+            Part::OutputUp(j) => {
+                let like = get(seg.like.expect("an upsampler reads its target size")).size();
+                self.output_blocks[j].up.as_ref().expect("listed by the plan").forward(h, [like[2], like[3]])
+            }
+        }
+    }
+
+    /// Training with activation checkpointing: computes `loss_of(prediction)` and back-propagates
+    /// it into every tensor that requires a gradient (adapter parameters, and `context`'s graph)
+    /// while storing only the activations between segments ([`Self::plan`]).
+    ///
+    /// The forward pass runs without a graph, keeping each segment's output. Backward then goes
+    /// through the segments in reverse: each is recomputed from its stored input with a graph, and
+    /// `Σ out · ∂L/∂out` is back-propagated through it, which adds its share to the parameters'
+    /// gradients and yields the gradients of its inputs. Only one segment's graph is alive at a
+    /// time. The gradients equal plain backward's up to float rounding (sums in another order).
+    /// `context` enters every transformer through one leaf; its gradient is back-propagated into
+    /// `context`'s own graph (the text encoder) at the end. Returns the loss, detached.
+    pub fn backward_checkpointed(
+        &self,
+        x: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        loss_of: impl FnOnce(&Tensor) -> Tensor,
+    ) -> Tensor {
+        let plan = self.plan();
+        let ctx_leaf = context.detach().to_kind(self.kind).set_requires_grad(context.requires_grad());
+        let (acts, temb) = tch::no_grad(|| {
+            let (h, temb) = self.stem(x, timesteps);
+            let mut acts = vec![Some(h)];
+            for seg in &plan {
+                let out = self.run_segment(seg, &acts, &temb, &ctx_leaf);
+                acts.push(Some(out));
+            }
+            (acts, temb)
+        });
+        let leaf = |i: usize| -> Tensor {
+            acts[i].as_ref().expect("every activation is kept").detach().set_requires_grad(true)
+        };
+        let mut grads: Vec<Option<Tensor>> = (0..acts.len()).map(|_| None).collect();
+        let add = |slot: &mut Option<Tensor>, g: Tensor| {
+            if g.defined() {
+                *slot = Some(match slot.take() {
+                    Some(prev) => prev + g,
+                    None => g,
+                });
+            }
+        };
+
+        let last = leaf(plan.len());
+        let loss = tch::with_grad(|| loss_of(&self.head(&last)));
+        loss.backward();
+        add(&mut grads[plan.len()], last.grad());
+
+        for (i, seg) in plan.iter().enumerate().rev() {
+            let Some(grad_out) = grads[i + 1].take() else { continue };
+            let mut inputs: Vec<Option<Tensor>> = (0..=i).map(|_| None).collect();
+            inputs[seg.input] = Some(leaf(seg.input));
+            if let Some(s) = seg.skip {
+                inputs[s] = Some(leaf(s));
+            }
+            if let Some(l) = seg.like {
+                inputs[l] = acts[l].as_ref().map(Tensor::shallow_clone);
+            }
+            // Under `with_grad` as a whole: callers may run with gradients disabled (the engine).
+            tch::with_grad(|| {
+                let out = self.run_segment(seg, &inputs, &temb, &ctx_leaf);
+                (out * grad_out).sum(Kind::Float).backward();
+            });
+            for j in std::iter::once(seg.input).chain(seg.skip) {
+                let g = inputs[j].as_ref().expect("set above").grad();
+                add(&mut grads[j], g);
+            }
+        }
+        // Activation 0 comes from the frozen stem: nothing before it needs a gradient.
+        if context.requires_grad() {
+            let g = ctx_leaf.grad();
+            if g.defined() {
+                tch::with_grad(|| (context * g.to_kind(context.kind())).sum(Kind::Float).backward());
+            }
+        }
+        loss.detach()
     }
 }

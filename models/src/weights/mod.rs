@@ -19,6 +19,8 @@ use std::rc::Rc;
 
 use tch::{Kind, Tensor};
 
+use crate::nn::AdapterSlot;
+
 use crate::device::Placement;
 use crate::error::{Error, Result};
 
@@ -196,6 +198,9 @@ enum Backend<'a> {
 /// in-place updates (LoRA merges) reach the modules without rebuilding them.
 pub type ParamRegistry = Rc<RefCell<HashMap<String, Tensor>>>;
 
+/// Every adapter slot a [`Weights`] handed out, by the full name of the layer's weight.
+pub type AdapterRegistry = Rc<RefCell<HashMap<String, AdapterSlot>>>;
+
 /// Hands tensors to module constructors: `w.pp("encoder").get(&[768, 768], "weight")`.
 #[derive(Clone)]
 pub struct Weights<'a> {
@@ -203,15 +208,28 @@ pub struct Weights<'a> {
     prefix: String,
     placement: Placement,
     registry: Option<ParamRegistry>,
+    adapters: Option<AdapterRegistry>,
 }
 
 impl<'a> Weights<'a> {
     pub fn from_source(source: &'a dyn TensorSource, placement: Placement) -> Self {
-        Weights { backend: Backend::Source(source), prefix: String::new(), placement, registry: None }
+        Weights {
+            backend: Backend::Source(source),
+            prefix: String::new(),
+            placement,
+            registry: None,
+            adapters: None,
+        }
     }
 
     pub fn random(random: Rc<RandomWeights>, placement: Placement) -> Weights<'static> {
-        Weights { backend: Backend::Random(random), prefix: String::new(), placement, registry: None }
+        Weights {
+            backend: Backend::Random(random),
+            prefix: String::new(),
+            placement,
+            registry: None,
+            adapters: None,
+        }
     }
 
     pub fn placement(&self) -> Placement {
@@ -223,6 +241,20 @@ impl<'a> Weights<'a> {
         Weights { registry: Some(registry), ..self.clone() }
     }
 
+    /// The same weights, recording every layer's adapter slot in `adapters`.
+    pub fn with_adapters(&self, adapters: AdapterRegistry) -> Self {
+        Weights { adapters: Some(adapters), ..self.clone() }
+    }
+
+    /// A fresh adapter slot for the layer at this prefix, recorded under `<prefix>.weight`.
+    pub fn adapter_slot(&self) -> AdapterSlot {
+        let slot = AdapterSlot::default();
+        if let Some(adapters) = &self.adapters {
+            adapters.borrow_mut().insert(self.full_name("weight"), slot.clone());
+        }
+        slot
+    }
+
     /// The same weights under `prefix.name`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
         let prefix =
@@ -232,6 +264,7 @@ impl<'a> Weights<'a> {
             prefix,
             placement: self.placement,
             registry: self.registry.clone(),
+            adapters: self.adapters.clone(),
         }
     }
 
