@@ -43,7 +43,8 @@ bench-daemon: bootstrap
 # Seconds per LoRA training step of TrainSession against a PyTorch loop (diffusers + peft) on the
 # same weights, in the same run: on CPU the tiny fixture (64 px, batch 3) and full-size SD1.5
 # (256 px, batch 1); ARGS="--device cuda" runs SD1.5 at 512 and 768 px, batch 3, with the
-# peak CUDA memory (allocated) of both. The generated SD1.5 folder is kept in target/bench-train.
+# peak CUDA memory (allocated) of both; add --mixed-precision bf16 and/or --gradient-checkpointing
+# to ARGS for those modes. The generated SD1.5 folder is kept in target/bench-train.
 bench-train:
 	@scripts/bootstrap.sh --reference
 	.venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r reference/requirements-training.txt

@@ -25,10 +25,8 @@ use std::time::Instant;
 use clap::Parser;
 use daemon::generation::{txt2img, TextEncoders, Txt2ImgSpec};
 use models::checkpoint::{CheckpointConfig, StableDiffusion};
-use models::conditioning::EmphasisMode;
 use models::device::{parse_device, Placement};
-use models::rng::RandnSource;
-use models::sampling::{Control, UniPcOptions};
+use models::sampling::Control;
 use models::weights::safetensors_file::write_atomic;
 use models::weights::{RandomWeights, Weights};
 use serde_json::{json, Value};
@@ -248,33 +246,8 @@ fn bench_overhead(data_dir: &Path, device: &str, requests: usize) -> AnyResult<V
     let placement = Placement::for_device(device, false);
     let model = StableDiffusion::load(Path::new(TINY), placement)?;
     let spec = Txt2ImgSpec {
-        prompts: vec![PROMPT.into()],
-        negative_prompts: vec![String::new()],
-        seeds: vec![SEED],
-        subseeds: vec![SEED],
-        subseed_strength: 0.0,
-        seed_resize_from_w: 0,
-        seed_resize_from_h: 0,
-        steps: 1,
-        cfg_scale: 7.0,
-        width: 32,
-        height: 32,
-        sampler_name: "Euler".into(),
         scheduler: Some("Automatic".into()),
-        batch_size: 1,
-        n_iter: 1,
-        clip_skip: 1,
-        emphasis: EmphasisMode::Original,
-        randn_source: RandnSource::Gpu,
-        eta_noise_seed_delta: 0,
-        eta: None,
-        comma_padding_backtrack: 20,
-        pad_cond_uncond: false,
-        uni_pc: UniPcOptions::default(),
-        init: None,
-        resize_mode: 0,
-        inpaint: None,
-        hires: None,
+        ..Txt2ImgSpec::single(PROMPT, "", SEED, 1, 7.0, 32, 32, "Euler")
     };
     let http = || -> AnyResult<f64> {
         let t = Instant::now();

@@ -68,6 +68,52 @@ pub struct Txt2ImgSpec {
     pub hires: Option<HiresSpec>,
 }
 
+impl Txt2ImgSpec {
+    /// One txt2img image with A1111's defaults for everything not given (noise from the GPU
+    /// source, clip skip 1, no hires fix, no init image).
+    #[allow(clippy::too_many_arguments)]
+    pub fn single(
+        prompt: &str,
+        negative_prompt: &str,
+        seed: u64,
+        steps: usize,
+        cfg_scale: f64,
+        width: i64,
+        height: i64,
+        sampler_name: &str,
+    ) -> Self {
+        Txt2ImgSpec {
+            prompts: vec![prompt.to_string()],
+            negative_prompts: vec![negative_prompt.to_string()],
+            seeds: vec![seed],
+            subseeds: vec![seed],
+            subseed_strength: 0.0,
+            seed_resize_from_w: 0,
+            seed_resize_from_h: 0,
+            steps,
+            cfg_scale,
+            width,
+            height,
+            sampler_name: sampler_name.to_string(),
+            scheduler: None,
+            batch_size: 1,
+            n_iter: 1,
+            clip_skip: 1,
+            emphasis: EmphasisMode::Original,
+            randn_source: RandnSource::Gpu,
+            eta_noise_seed_delta: 0,
+            eta: None,
+            comma_padding_backtrack: 20,
+            pad_cond_uncond: false,
+            uni_pc: UniPcOptions::default(),
+            init: None,
+            resize_mode: 0,
+            inpaint: None,
+            hires: None,
+        }
+    }
+}
+
 /// Inpainting settings (a1111-api.md §3.3).
 #[derive(Clone, Debug)]
 pub struct InpaintSpec {

@@ -7,7 +7,7 @@
 //! recomputes the UNet's segments during backward.
 //!
 //! Prints one JSON line: the median step time after warm-up, every timed step, and the process's
-//! peak resident memory and, on CUDA, the caching allocator's peak allocated bytes over the whole
+//! peak resident memory (over the whole run, and over the training steps alone) and, on CUDA, the caching allocator's peak allocated bytes over the whole
 //! run (model load and latent caching included), the statistic of
 //! `torch.cuda.max_memory_allocated`.
 //!
@@ -44,6 +44,12 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Resets VmHWM to the current resident set (Linux `clear_refs` 5), so that the next
+/// [`peak_rss_mib`] sees the training steps' peak without the model load's.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn main() -> models::Result<()> {
@@ -105,6 +111,8 @@ fn main() -> models::Result<()> {
     let modules = session.network().modules.len();
     let trainable: i64 = session.network().parameters().iter().map(|p| p.numel() as i64).sum();
 
+    let peak_rss_setup = peak_rss_mib();
+    let reset = reset_peak_rss();
     for _ in 0..warmup {
         session.step(&sd)?;
     }
@@ -136,7 +144,8 @@ fn main() -> models::Result<()> {
         "step_s": median(steps.clone()),
         "steps_s": steps,
         "last_loss": last_loss,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_rss_setup.zip(peak_rss_mib()).map(|(a, b)| a.max(b)),
+        "peak_rss_steps_mib": if reset { peak_rss_mib() } else { None },
         "peak_cuda_mib": cuda_memory(device).map(|m| m.allocated.1 as f64 / (1u64 << 20) as f64),
     });
     println!("{json}");

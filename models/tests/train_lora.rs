@@ -268,6 +268,54 @@ fn bf16_mixed_precision_trains_fp32_lora_on_a_bf16_model() {
     assert!((after - fp32_after).abs() < 0.05 * fp32_after, "{after} vs fp32 {fp32_after}");
 }
 
+#[test]
+fn fp16_mixed_precision_scales_the_loss_and_skips_overflowing_steps() {
+    let _rng = rng();
+    let path = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/tiny/tiny-sd15.safetensors"
+    ));
+    let placement = models::device::Placement { device: tch::Device::Cpu, kind: Kind::Half };
+    let sd = StableDiffusion::load(&path, placement).unwrap();
+    let tokenizer = ClipTokenizer::new().unwrap();
+    let imgs = images();
+    let cfg = TrainConfig {
+        mixed_precision: models::train::MixedPrecision::Fp16,
+        max_train_steps: 10,
+        scheduler: LrScheduleKind::Linear,
+        ..config(42)
+    };
+    let mut trainer = Trainer::new(&sd, &tokenizer, &imgs, cfg).unwrap();
+    let fixed = trainer.draw_batch().unwrap();
+    let before = trainer.eval_loss(&fixed);
+    let up = |t: &Trainer| t.network().modules.iter().find(|m| m.part == Part::Unet).unwrap().up.copy();
+
+    // A scale no fp16 gradient survives: the step is counted but skipped, the scale backs off,
+    // the parameters and the schedule stay where they were.
+    let start = up(&trainer);
+    trainer.session_mut().loss_scaler_mut().unwrap().scale = 1e30;
+    let r = trainer.train_step().unwrap();
+    assert_eq!((r.step, trainer.session().optimizer_steps()), (1, 0));
+    assert!(r.loss.is_finite(), "the logged loss is unscaled: {}", r.loss);
+    assert_eq!(r.lr, 1e-2, "the linear schedule did not advance");
+    assert_eq!(trainer.session().loss_scaler().unwrap().scale, 0.5e30);
+    assert_eq!((&up(&trainer) - &start).abs().max().double_value(&[]), 0.0, "skipped step changed the LoRA");
+
+    trainer.session_mut().loss_scaler_mut().unwrap().scale = models::train::scaler::INIT_SCALE;
+    let records = trainer.run(|_| {}).unwrap();
+    let after = trainer.eval_loss(&fixed);
+    let taken = trainer.session().optimizer_steps();
+    println!(
+        "fp16: fixed-batch loss {before:.5} -> {after:.5}; {taken} of 10 steps taken; {:?}",
+        trainer.session().loss_scaler()
+    );
+    assert!(records.iter().all(|r| r.loss.is_finite()));
+    assert!(taken >= 5, "most steps are taken at the initial scale: {taken}");
+    assert!(after < before * 0.98, "fp16 training lowers the fixed-batch loss: {before} -> {after}");
+    let net = trainer.finish();
+    assert!(net.modules.iter().all(|m| m.up.kind() == Kind::Float), "the LoRA stays fp32");
+}
+
 /// Trains `steps` steps and returns (loss before, loss after, step losses, one LoRA tensor).
 fn train_once(sd: &StableDiffusion, seed: i64, steps: u64) -> (f64, f64, Vec<f64>, Tensor) {
     let tokenizer = ClipTokenizer::new().unwrap();

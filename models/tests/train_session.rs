@@ -118,6 +118,39 @@ fn session_resume_from_saved_state_matches_uninterrupted_run() {
 }
 
 #[test]
+fn fp16_session_resume_keeps_the_loss_scale_and_the_schedule_position() {
+    let _rng = rng();
+    let path =
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny/tiny-sd15.safetensors"));
+    let placement = models::device::Placement { device: tch::Device::Cpu, kind: Kind::Half };
+    let sd = StableDiffusion::load(&path, placement).unwrap();
+    let tok = ClipTokenizer::new().unwrap();
+    let imgs = images();
+    let cfg = || TrainConfig { mixed_precision: models::train::MixedPrecision::Fp16, ..config() };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.safetensors");
+
+    let mut first = TrainSession::new(&sd, &tok, &imgs, cfg()).unwrap();
+    // An overflowing first step: skipped, the scale backs off.
+    first.loss_scaler_mut().unwrap().scale = 1e30;
+    let mut losses = run(&mut first, &sd, 1);
+    let (scale, steps) = (first.loss_scaler().cloned().unwrap(), first.optimizer_steps());
+    assert_eq!((scale.scale, scale.growth_tracker, steps), (0.5e30, 0, 0), "{scale:?}");
+    first.loss_scaler_mut().unwrap().scale = 1024.0;
+    losses.extend(run(&mut first, &sd, 1));
+    first.save_state(&state).unwrap();
+    let saved = (first.loss_scaler().cloned().unwrap(), first.optimizer_steps());
+    assert_eq!((saved.0.scale, saved.0.growth_tracker, saved.1), (1024.0, 1, 1));
+    let rest = run(&mut first, &sd, 2);
+
+    let mut second = TrainSession::new(&sd, &tok, &imgs, cfg()).unwrap();
+    second.load_state(&state).unwrap();
+    assert_eq!((second.loss_scaler().cloned().unwrap(), second.optimizer_steps()), saved);
+    assert_eq!(run(&mut second, &sd, 2), rest, "the resumed fp16 run continues exactly");
+    assert!(losses.iter().all(|r| r.loss.is_finite()));
+}
+
+#[test]
 fn session_load_state_of_another_run_is_refused() {
     let _rng = rng();
     let sd = tiny();

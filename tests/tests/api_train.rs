@@ -173,45 +173,49 @@ fn train_lora_tiny_run_writes_kohya_files_that_change_txt2img() {
 }
 
 #[test]
-fn train_lora_bf16_mixed_precision_with_gradient_checkpointing_trains_an_fp32_lora() {
+fn train_lora_bf16_and_fp16_mixed_precision_with_gradient_checkpointing_train_fp32_loras() {
     let d = daemon();
     copy_dataset(&d);
     let refused =
-        d.post("/train/lora", &merge(tiny_recipe("half"), json!({"mixed_precision": "fp16"}))).unwrap();
+        d.post("/train/lora", &merge(tiny_recipe("half"), json!({"mixed_precision": "fp8"}))).unwrap();
     assert_eq!(refused.status, 422, "{}", refused.text);
     assert!(refused.text.contains("mixed_precision"), "{}", refused.text);
 
-    let body = merge(
-        tiny_recipe("halfcube"),
-        json!({
-            "dataset_dir": "datasets/cube",
-            "batch_size": 4,
-            "max_train_epochs": 1,
-            "mixed_precision": "bf16",
-            "gradient_checkpointing": true,
-        }),
-    );
-    let a = d.post("/train/lora", &body).unwrap();
-    assert_eq!(a.status, 200, "{}", a.text);
-    assert_eq!(a.json["recipe"]["mixed_precision"], "bf16", "{}", a.text);
-    let id = a.json["id"].as_str().unwrap().to_string();
-    let j = wait_for(&d, &id, 120, |j| j["state"] != "queued" && j["state"] != "running");
-    assert_eq!(j["state"], "done", "{j}");
-    assert!(j["loss"].as_f64().is_some_and(f64::is_finite), "{j}");
-
-    let file = d.data_dir.path().join("models/Lora/halfcube.safetensors");
-    let m = metadata(&file);
-    assert_eq!(m.get("ss_mixed_precision"), Some(&json!("bf16")));
-    assert_eq!(m.get("ss_gradient_checkpointing"), Some(&json!("True")));
-    // The LoRA parameters trained in fp32 and are saved as such (save precision float).
-    let bytes = std::fs::read(&file).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    let dtypes: std::collections::BTreeSet<&str> =
-        header.values().filter_map(|t| t.get("dtype").and_then(Value::as_str)).collect();
-    assert_eq!(dtypes, std::collections::BTreeSet::from(["F32"]), "{header:?}");
     let plain = txt2img(&d, "ohwx cube");
-    assert_ne!(plain, txt2img(&d, "ohwx cube <lora:halfcube:1>"), "the bf16-trained LoRA changes the image");
+    for precision in ["bf16", "fp16"] {
+        let name = format!("cube{precision}");
+        let body = merge(
+            tiny_recipe(&name),
+            json!({
+                "dataset_dir": "datasets/cube",
+                "batch_size": 4,
+                "max_train_epochs": 1,
+                "mixed_precision": precision,
+                "gradient_checkpointing": true,
+            }),
+        );
+        let a = d.post("/train/lora", &body).unwrap();
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.json["recipe"]["mixed_precision"], precision, "{}", a.text);
+        let id = a.json["id"].as_str().unwrap().to_string();
+        let j = wait_for(&d, &id, 120, |j| j["state"] != "queued" && j["state"] != "running");
+        assert_eq!(j["state"], "done", "{j}");
+        assert!(j["loss"].as_f64().is_some_and(f64::is_finite), "{j}");
+
+        let file = d.data_dir.path().join(format!("models/Lora/{name}.safetensors"));
+        let m = metadata(&file);
+        assert_eq!(m.get("ss_mixed_precision"), Some(&json!(precision)));
+        assert_eq!(m.get("ss_gradient_checkpointing"), Some(&json!("True")));
+        // The LoRA parameters trained in fp32 and are saved as such (save precision float).
+        let bytes = std::fs::read(&file).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+        let dtypes: std::collections::BTreeSet<&str> =
+            header.values().filter_map(|t| t.get("dtype").and_then(Value::as_str)).collect();
+        assert_eq!(dtypes, std::collections::BTreeSet::from(["F32"]), "{precision}: {header:?}");
+        let with_lora = txt2img(&d, &format!("ohwx cube <lora:{name}:1>"));
+        assert_ne!(plain, with_lora, "the {precision}-trained LoRA changes the image");
+    }
 }
 
 #[test]

@@ -113,3 +113,62 @@ fn cuda_memory_reports_device_and_allocator_statistics() {
     assert!(after.allocated.0 <= m.allocated.0 - (64 << 20), "{after:?}");
     assert_eq!(models::device::cuda_memory(Device::Cpu), None);
 }
+
+/// Step losses and the fixed-batch loss before and after 8 LoRA training steps of the tiny model
+/// on CUDA in `precision`.
+fn cuda_training(precision: models::train::MixedPrecision, checkpointing: bool) -> (Vec<f64>, f64, f64) {
+    use models::clip::tokenizer::ClipTokenizer;
+    use models::train::lora_net::LoraConfig;
+    use models::train::optim::{AdamWConfig, OptimizerConfig};
+    use models::train::schedule::LrScheduleKind;
+    use models::train::{TrainConfig, TrainImage, Trainer};
+    let placement = Placement { device: Device::Cuda(0), kind: precision.kind() };
+    let sd = StableDiffusion::load(&fixture("tiny/tiny-sd15.safetensors"), placement).unwrap();
+    tch::manual_seed(7);
+    let images: Vec<TrainImage> = (0..2)
+        .map(|i| {
+            let pixels = Tensor::rand([3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+            TrainImage::new(pixels.to_device(placement.device), format!("photo of ohwx man {i}"), false)
+        })
+        .collect();
+    let config = TrainConfig {
+        network: LoraConfig { rank: 4, alpha: Some(4.0), conv: Some((2, 2.0)), ..Default::default() },
+        optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+        learning_rate: 1e-2,
+        scheduler: LrScheduleKind::Constant,
+        max_train_steps: 8,
+        batch_size: 2,
+        noise_offset: Some(0.0357),
+        seed: 42,
+        mixed_precision: precision,
+        gradient_checkpointing: checkpointing,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(&sd, &ClipTokenizer::new().unwrap(), &images, config).unwrap();
+    let fixed = trainer.draw_batch().unwrap();
+    let before = trainer.eval_loss(&fixed);
+    let losses = trainer.run(|_| {}).unwrap().iter().map(|r| r.loss).collect();
+    let after = trainer.eval_loss(&fixed);
+    let net = trainer.finish();
+    assert!(net.modules.iter().all(|m| m.up.kind() == Kind::Float), "the LoRA stays fp32");
+    (losses, before, after)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_bf16_and_fp16_training_follow_fp32_training() {
+    require_cuda();
+    use models::train::MixedPrecision;
+    // The same seed draws the same batches and noise on the same device in every run.
+    let (fp32, before32, after32) = cuda_training(MixedPrecision::No, false);
+    println!("fp32 {fp32:.4?} {before32:.4} -> {after32:.4}");
+    for (precision, checkpointing) in [(MixedPrecision::Bf16, true), (MixedPrecision::Fp16, false)] {
+        let (losses, before, after) = cuda_training(precision, checkpointing);
+        let name = precision.name();
+        println!("{name} {losses:.4?} {before:.4} -> {after:.4}");
+        assert!(after < before * 0.98, "{name} training lowers the fixed-batch loss: {before} -> {after}");
+        for (b, f) in losses.iter().zip(&fp32) {
+            assert!((b - f).abs() < 0.05 * f.abs() + 1e-3, "{name} step loss {b} vs fp32 {f}");
+        }
+    }
+}

@@ -121,7 +121,8 @@ pub struct Recipe {
     pub noise_offset: f64,
     pub prior_loss_weight: f64,
     pub clip_skip: u32,
-    /// `bf16` or `no`: the dtype of the run's model copy (the LoRA stays fp32).
+    /// `bf16`, `fp16` (with loss scaling) or `no`: the dtype of the run's model copy (the LoRA
+    /// stays fp32).
     pub mixed_precision: String,
     pub seed: i64,
     pub cache_latents_to_disk: bool,
@@ -223,18 +224,12 @@ impl TrainRequest {
         let lr_scheduler = one_of("lr_scheduler", self.lr_scheduler.as_deref(), SCHEDULERS, "cosine")?;
         let mixed_precision = match self.mixed_precision.as_deref() {
             None => if cuda { "bf16" } else { "no" }.to_string(),
-            Some(m @ ("bf16" | "no")) => m.to_string(),
+            Some(m @ ("bf16" | "fp16" | "no")) => m.to_string(),
             Some("fp32") => "no".to_string(),
-            Some("fp16") => {
-                return Err(ApiError::field(
-                    "mixed_precision",
-                    "`mixed_precision` fp16 is not supported (it needs loss scaling): use bf16 or no",
-                ))
-            }
             Some(m) => {
                 return Err(ApiError::field(
                     "mixed_precision",
-                    format!("`mixed_precision` must be bf16 or no, got {m:?}"),
+                    format!("`mixed_precision` must be bf16, fp16 or no, got {m:?}"),
                 ))
             }
         };
@@ -479,6 +474,7 @@ impl Recipe {
     pub fn precision(&self) -> MixedPrecision {
         match self.mixed_precision.as_str() {
             "bf16" => MixedPrecision::Bf16,
+            "fp16" => MixedPrecision::Fp16,
             _ => MixedPrecision::No,
         }
     }

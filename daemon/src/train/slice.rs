@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use models::checkpoint::StableDiffusion;
 use models::clip::tokenizer::ClipTokenizer;
-use models::conditioning::EmphasisMode;
 use models::device::Placement;
 use models::rng::RandnSource;
-use models::sampling::{Control, UniPcOptions};
+use models::sampling::Control;
 use models::train::sample_prompt::parse_line;
 use models::train::save::{kohya_metadata, save_kohya, RunInfo};
 use models::train::{StepRecord, TrainImage, TrainSession};
@@ -236,34 +235,20 @@ impl ActiveTraining {
         let result = (|| -> Result<(), JobError> {
             for (index, p) in prompts.iter().filter_map(|line| parse_line(line)).enumerate() {
                 let seed = p.seed.unwrap_or_else(|| (unix_now() * 1e6) as u64 & 0x7fff_ffff);
+                let sampler = a1111_sampler(p.sampler.as_deref().unwrap_or(DEFAULT_SAMPLER));
                 let spec = Txt2ImgSpec {
-                    prompts: vec![p.prompt.clone()],
-                    negative_prompts: vec![p.negative_prompt.clone()],
-                    seeds: vec![seed],
-                    subseeds: vec![seed],
-                    subseed_strength: 0.0,
-                    seed_resize_from_w: 0,
-                    seed_resize_from_h: 0,
-                    steps: p.steps as usize,
-                    cfg_scale: p.cfg_scale,
-                    width: p.width as i64,
-                    height: p.height as i64,
-                    sampler_name: a1111_sampler(p.sampler.as_deref().unwrap_or(DEFAULT_SAMPLER)).to_string(),
-                    scheduler: None,
-                    batch_size: 1,
-                    n_iter: 1,
                     clip_skip: record.recipe.clip_skip as usize,
-                    emphasis: EmphasisMode::Original,
                     randn_source: RandnSource::Cpu,
-                    eta_noise_seed_delta: 0,
-                    eta: None,
-                    comma_padding_backtrack: 20,
-                    pad_cond_uncond: false,
-                    uni_pc: UniPcOptions::default(),
-                    init: None,
-                    resize_mode: 0,
-                    inpaint: None,
-                    hires: None,
+                    ..Txt2ImgSpec::single(
+                        &p.prompt,
+                        &p.negative_prompt,
+                        seed,
+                        p.steps as usize,
+                        p.cfg_scale,
+                        p.width as i64,
+                        p.height as i64,
+                        sampler,
+                    )
                 };
                 let generated =
                     txt2img(&self.model, &text, &spec, &mut |_, _, _| Control::Continue, &mut || false)

@@ -14,8 +14,9 @@
 //! - [`TrainSession`]: a run that owns everything but the model, can be saved and resumed;
 //!   [`Trainer`] wraps one around a borrowed model.
 //!
-//! Mixed precision: the frozen model is loaded in bf16 ([`MixedPrecision`]), the LoRA parameters
-//! stay fp32 and are cast on the fly by the layers. Gradient checkpointing covers the UNet (the
+//! Mixed precision: the frozen model is loaded in bf16 or fp16 ([`MixedPrecision`]), the LoRA
+//! parameters stay fp32 and are cast on the fly by the layers; fp16 adds dynamic loss scaling
+//! ([`scaler`]). Gradient checkpointing covers the UNet (the
 //! text encoder's activations, 77 tokens per sample, are small and kept).
 //!
 //! Not here yet: gradient accumulation, dropout variants, caption shuffling and dropout options.
@@ -29,6 +30,7 @@ pub mod optim;
 pub mod plan;
 pub mod sample_prompt;
 pub mod save;
+pub mod scaler;
 pub mod schedule;
 pub mod session;
 
@@ -124,6 +126,9 @@ pub enum MixedPrecision {
     No,
     /// bf16 model (`bf16`), the guide's setting on CUDA.
     Bf16,
+    /// fp16 model (`fp16`, the kohya_ss GUI's default), with dynamic loss scaling
+    /// ([`scaler::LossScaler`]).
+    Fp16,
 }
 
 impl MixedPrecision {
@@ -132,6 +137,7 @@ impl MixedPrecision {
         match self {
             MixedPrecision::No => "no",
             MixedPrecision::Bf16 => "bf16",
+            MixedPrecision::Fp16 => "fp16",
         }
     }
 
@@ -140,6 +146,7 @@ impl MixedPrecision {
         match self {
             MixedPrecision::No => tch::Kind::Float,
             MixedPrecision::Bf16 => tch::Kind::BFloat16,
+            MixedPrecision::Fp16 => tch::Kind::Half,
         }
     }
 }
@@ -226,6 +233,10 @@ impl<'a> Trainer<'a> {
 
     pub fn session(&self) -> &TrainSession {
         &self.session
+    }
+
+    pub fn session_mut(&mut self) -> &mut TrainSession {
+        &mut self.session
     }
 
     /// Optimizer steps taken.

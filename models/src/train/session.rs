@@ -25,6 +25,7 @@ use super::latent_cache::{self, CacheStats};
 use super::lora_net::LoraNetwork;
 use super::loss::{self, NoiseSchedule};
 use super::optim::Optimizer;
+use super::scaler::LossScaler;
 use super::schedule::LrSchedule;
 use super::{train_error, FixedBatch, StepRecord, TrainConfig, TrainImage};
 
@@ -61,6 +62,11 @@ pub struct TrainSession {
     /// Batches drawn so far (steps plus any [`TrainSession::draw_batch`] calls).
     draws: u64,
     step: u64,
+    /// Optimizer steps actually taken: the schedule's position. Below `step` only when fp16 loss
+    /// scaling skipped steps (as accelerate's scheduler does not advance on a skipped step).
+    sched_steps: u64,
+    /// fp16 only.
+    scaler: Option<LossScaler>,
     cache_stats: CacheStats,
 }
 
@@ -169,6 +175,8 @@ impl TrainSession {
             cursor: 0,
             draws: 0,
             step: 0,
+            sched_steps: 0,
+            scaler: (config.mixed_precision == super::MixedPrecision::Fp16).then(LossScaler::default),
             cache_stats,
             config,
         })
@@ -307,18 +315,45 @@ impl TrainSession {
     }
 
     /// Forward and backward on `batch` with the network attached, accumulating the parameters'
-    /// gradients; with gradient checkpointing the UNet keeps only its segment boundaries (see
-    /// [`crate::unet::Unet::backward_checkpointed`]). Returns the loss, detached.
+    /// gradients (of the loss times the fp16 loss scale, if any); with gradient checkpointing the
+    /// UNet keeps only its segment boundaries (see [`crate::unet::Unet::backward_checkpointed`]).
+    /// Returns the loss, unscaled and detached.
     fn forward_backward(&self, sd: &StableDiffusion, batch: &FixedBatch) -> Tensor {
+        let scale = self.scaler.as_ref().map(|s| s.scale);
+        // The loss is reported unscaled: taken before the scaling, not divided back (a scaled
+        // loss may be inf).
+        let unscaled = std::cell::RefCell::new(None);
+        let scaled = |loss: Tensor| {
+            *unscaled.borrow_mut() = Some(loss.detach());
+            match scale {
+                Some(s) => loss * s,
+                None => loss,
+            }
+        };
         if self.config.gradient_checkpointing {
             let context = tch::with_grad(|| sd.clip.encode(&batch.ids, self.config.clip_skip));
             let (noisy, t) = self.noisy_input(batch);
-            sd.unet.backward_checkpointed(&noisy, &t, &context, |pred| self.loss_of(pred, batch))
+            let _scaled_loss =
+                sd.unet.backward_checkpointed(&noisy, &t, &context, |pred| scaled(self.loss_of(pred, batch)));
         } else {
-            let loss = tch::with_grad(|| self.forward_loss(sd, batch));
-            loss.backward();
-            loss.detach()
+            tch::with_grad(|| scaled(self.forward_loss(sd, batch))).backward();
         }
+        unscaled.into_inner().expect("the loss closure ran")
+    }
+
+    /// The fp16 loss scaler's state (`None` unless the run is fp16).
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref()
+    }
+
+    /// Mutable access to the fp16 loss scaler (to test the skipping of overflowing steps).
+    pub fn loss_scaler_mut(&mut self) -> Option<&mut LossScaler> {
+        self.scaler.as_mut()
+    }
+
+    /// Optimizer steps actually taken (below [`Self::global_step`] when fp16 steps were skipped).
+    pub fn optimizer_steps(&self) -> u64 {
+        self.sched_steps
     }
 
     /// Refuses a model other than the one the network was built on: its targets are that model's
@@ -356,15 +391,25 @@ impl TrainSession {
         // Read only now: reading the value waits for the device, and doing so before backward
         // would stall it between the forward and backward passes.
         let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            return Err(train_error(format!("loss is {value} at step {}", self.step + 1)));
+        let params = self.network.parameters();
+        // fp16: unscale, and skip the step (backing the scale off) when a gradient overflowed.
+        let overflow = self.scaler.as_ref().is_some_and(|s| !s.unscale(&params));
+        if let Some(scaler) = &mut self.scaler {
+            scaler.update(overflow);
         }
-        if self.config.max_grad_norm > 0.0 {
-            super::clip_grad_norm(&self.network.parameters(), self.config.max_grad_norm);
+        if !overflow {
+            if !value.is_finite() {
+                return Err(train_error(format!("loss is {value} at step {}", self.step + 1)));
+            }
+            if self.config.max_grad_norm > 0.0 {
+                super::clip_grad_norm(&params, self.config.max_grad_norm);
+            }
+            self.optimizer.step(self.schedule.factor(self.sched_steps))?;
+            self.sched_steps += 1;
         }
-        self.optimizer.step(self.schedule.factor(self.step))?;
         self.step += 1;
-        let lr = self.config.unet_lr.unwrap_or(self.config.learning_rate) * self.schedule.factor(self.step);
+        let lr =
+            self.config.unet_lr.unwrap_or(self.config.learning_rate) * self.schedule.factor(self.sched_steps);
         let d_lr = self.optimizer.config().is_adaptive().then(|| self.optimizer.d() * lr);
         Ok(StepRecord { step: self.step, epoch: self.epoch, loss: value, lr, d_lr })
     }
@@ -382,6 +427,8 @@ impl TrainSession {
         let meta = serde_json::json!({
             "version": STATE_VERSION,
             "step": self.step,
+            "optimizer_steps": self.sched_steps,
+            "loss_scale": self.scaler.as_ref().map(|s| serde_json::json!([s.scale, s.growth_tracker])),
             "epoch": self.epoch,
             "cursor": self.cursor,
             "draws": self.draws,
@@ -444,6 +491,15 @@ impl TrainSession {
         })?;
         let num = |key: &str| meta[key].as_u64().ok_or_else(|| bad(format!("training state: bad `{key}`")));
         self.step = num("step")?;
+        // States written before fp16 loss scaling existed took every step.
+        self.sched_steps = meta["optimizer_steps"].as_u64().unwrap_or(self.step);
+        if let (Some(scaler), Some([scale, tracker])) =
+            (&mut self.scaler, meta["loss_scale"].as_array().map(Vec::as_slice))
+        {
+            scaler.scale = scale.as_f64().ok_or_else(|| bad("training state: bad `loss_scale`".into()))?;
+            scaler.growth_tracker =
+                tracker.as_u64().ok_or_else(|| bad("training state: bad `loss_scale`".into()))?;
+        }
         self.epoch = num("epoch")?;
         self.cursor = num("cursor")? as usize;
         self.draws = num("draws")?;
