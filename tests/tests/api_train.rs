@@ -192,6 +192,7 @@ fn train_lora_bf16_and_fp16_mixed_precision_with_gradient_checkpointing_train_fp
                 "max_train_epochs": 1,
                 "mixed_precision": precision,
                 "gradient_checkpointing": true,
+                "sample_prompts": "ohwx cube --w 64 --h 64 --s 2 --d 5",
             }),
         );
         let a = d.post("/train/lora", &body).unwrap();
@@ -201,6 +202,14 @@ fn train_lora_bf16_and_fp16_mixed_precision_with_gradient_checkpointing_train_fp
         let j = wait_for(&d, &id, 120, |j| j["state"] != "queued" && j["state"] != "running");
         assert_eq!(j["state"], "done", "{j}");
         assert!(j["loss"].as_f64().is_some_and(f64::is_finite), "{j}");
+        // Samples are drawn with the half-precision model copy and the attached network.
+        let samples = j["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 1, "{j}");
+        let sample = d.data_dir.path().join("train").join(&id).join(samples[0].as_str().unwrap());
+        let img = image::open(sample).unwrap().to_rgb8();
+        assert_eq!(img.width(), 64);
+        let first = img.get_pixel(0, 0);
+        assert!(img.pixels().any(|p| p != first), "{precision}: the sample is one flat colour");
 
         let file = d.data_dir.path().join(format!("models/Lora/{name}.safetensors"));
         let m = metadata(&file);
