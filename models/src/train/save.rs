@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tch::Kind;
 
 use crate::error::{Error, Result};
-use crate::weights::safetensors_file::write_atomic;
+use crate::weights::safetensors_file::{serialize, write_atomic};
 
 use super::lora_net::LoraNetwork;
 use super::optim::py_float;
@@ -119,47 +119,11 @@ pub fn save_kohya(
     let tensors = network.state_dict(kind);
     let ss_only: HashMap<String, String> =
         metadata.iter().filter(|(k, _)| k.starts_with("ss_")).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let bytes = serialize(&tensors, ss_only)?;
+    // Laid out as `write_atomic` lays the file out, so the data section hashes the same.
+    let bytes = serialize(&tensors, Some(ss_only), Path::new("<memory>"))?;
     let (model_hash, legacy_hash) = kohya_hashes(&bytes)?;
     let mut full: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     full.insert("sshs_model_hash".into(), model_hash);
     full.insert("sshs_legacy_hash".into(), legacy_hash);
     write_atomic(path, &tensors, Some(full))
-}
-
-/// The safetensors bytes of `tensors` with `metadata`, laid out as [`write_atomic`] lays them out
-/// (the same crate's `serialize`, which orders tensors by dtype then name), so the data section
-/// hashes the same as the file's.
-fn serialize(tensors: &[(String, tch::Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
-    use safetensors::tensor::TensorView;
-    use safetensors::Dtype;
-    let mut owned: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let t = t.to_device(tch::Device::Cpu).contiguous();
-        let dtype = match t.kind() {
-            Kind::Double => Dtype::F64,
-            Kind::Float => Dtype::F32,
-            Kind::Half => Dtype::F16,
-            Kind::BFloat16 => Dtype::BF16,
-            k => {
-                return Err(Error::UnsupportedDtype {
-                    name: name.clone(),
-                    file: "<memory>".into(),
-                    dtype: format!("{k:?}"),
-                })
-            }
-        };
-        let numel = t.numel();
-        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut bytes, numel)?;
-        owned.push((name.clone(), bytes, dtype, t.size().iter().map(|&d| d as usize).collect()));
-    }
-    let mut views = Vec::with_capacity(owned.len());
-    for (n, b, d, s) in &owned {
-        let view = TensorView::new(*d, s.clone(), b)
-            .map_err(|e| Error::UnknownFormat { file: "<memory>".into(), reason: e.to_string() })?;
-        views.push((n.clone(), view));
-    }
-    safetensors::serialize(views, &Some(metadata))
-        .map_err(|e| Error::UnknownFormat { file: "<memory>".into(), reason: e.to_string() })
 }

@@ -124,6 +124,20 @@ pub fn write_atomic(
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
+    let bytes = serialize(tensors, metadata, path)?;
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
+/// The safetensors bytes [`write_atomic`] writes for `tensors` and `metadata` (the crate's
+/// `serialize`, which orders tensors by dtype then name); `file` names the destination in errors.
+pub fn serialize(
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+    file: &Path,
+) -> Result<Vec<u8>> {
+    let path = file;
     let mut owned: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_device(tch::Device::Cpu).contiguous();
@@ -156,9 +170,6 @@ pub fn write_atomic(
             (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("valid view"))
         })
         .collect();
-    let bytes = safetensors::serialize(views, &metadata)
-        .map_err(|e| Error::UnknownFormat { file: path.into(), reason: e.to_string() })?;
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    safetensors::serialize(views, &metadata)
+        .map_err(|e| Error::UnknownFormat { file: path.into(), reason: e.to_string() })
 }
